@@ -1,0 +1,116 @@
+"""The `longclip` command: thin argument parsing over the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .convert import DTYPES, OUTPUT_LAYOUTS, convert
+from .stretch import DEFAULT_KEEP, DEFAULT_RATIO
+
+EPILOG_SOURCES = (
+    "SRC is a Hugging Face Hub repo id (e.g. BeichenZhang/LongCLIP-L), a local folder (Hugging Face, diffusers "
+    "or open_clip layout) or a single .pt / .safetensors checkpoint (published Long-CLIP / OpenAI / open_clip "
+    "layout, or a ComfyUI text encoder)."
+)
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", metavar="SRC", help="checkpoint to read (see below)")
+    parser.add_argument("out", metavar="OUT", help="output folder (a .safetensors file for --to comfyui)")
+    parser.add_argument(
+        "--to",
+        choices=OUTPUT_LAYOUTS,
+        default="diffusers",
+        help="diffusers: OUT/text_encoder + OUT/tokenizer (default); clip: a full CLIPModel + CLIPProcessor "
+        "folder; comfyui: one text-encoder .safetensors file ComfyUI loads natively",
+    )
+    parser.add_argument("--subfolder", help="read SRC/SUBFOLDER (e.g. text_encoder_2 of an SDXL repo)")
+    parser.add_argument("--revision", help="Hub revision (branch, tag or commit)")
+    parser.add_argument(
+        "--open-clip-model",
+        metavar="NAME",
+        help="open_clip architecture name or config JSON giving head counts and activation of an "
+        "OpenAI-layout file (default: OpenAI conventions)",
+    )
+    parser.add_argument("--dtype", choices=tuple(DTYPES), help="store weights in this precision (default: as SRC)")
+    parser.add_argument(
+        "--with-projection",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="--to diffusers: save a CLIPTextModelWithProjection (default: what SRC is)",
+    )
+    parser.add_argument(
+        "--pad-token",
+        help='tokenizer pad token: "<|endoftext|>" as SD 1.5 (default) or "!" as open_clip and SDXL\'s '
+        "second tokenizer (default: the source's own tokenizer, if it has one)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (once the new one is done)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="longclip", description="Long-CLIP text encoders for Stable Diffusion.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    convert_parser = commands.add_parser(
+        "convert",
+        help="convert a (Long-)CLIP checkpoint to diffusers, CLIPModel or ComfyUI layout",
+        epilog=EPILOG_SOURCES,
+    )
+    _add_output_arguments(convert_parser)
+
+    stretch_parser = commands.add_parser(
+        "stretch",
+        help="training-free long version of a 77-position CLIP (knowledge-preserved stretching)",
+        epilog=EPILOG_SOURCES,
+    )
+    _add_output_arguments(stretch_parser)
+    stretch_parser.add_argument("--keep", type=int, default=DEFAULT_KEEP, help="rows kept as they are (default 20)")
+    stretch_parser.add_argument("--ratio", type=int, default=DEFAULT_RATIO, help="stretch factor (default 4)")
+
+    tiny_parser = commands.add_parser("tiny", help="write tiny random pipelines and Long-CLIP encoders (offline)")
+    tiny_parser.add_argument("out", metavar="OUT", help="output folder")
+    tiny_parser.add_argument("--seed", type=int, default=0)
+    tiny_parser.add_argument("--overwrite", action="store_true")
+    return parser
+
+
+def run(args: argparse.Namespace) -> str:
+    """Carry out one parsed command; return the line to print."""
+    if args.command == "tiny":
+        from .tiny import write_tiny_components
+
+        out = write_tiny_components(args.out, seed=args.seed, overwrite=args.overwrite)
+        return f"wrote tiny components to {out}: sd15/, sdxl/, longclip-sd15/, longclip-sdxl/"
+    out = convert(
+        args.source,
+        args.out,
+        to=args.to,
+        subfolder=args.subfolder,
+        revision=args.revision,
+        open_clip_model=args.open_clip_model,
+        stretch=(args.keep, args.ratio) if args.command == "stretch" else None,
+        with_projection=args.with_projection,
+        dtype=args.dtype,
+        pad_token=args.pad_token,
+        overwrite=args.overwrite,
+    )
+    return f"wrote {out} ({args.to} layout)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        print(run(args))
+    except (ValueError, OSError) as error:  # CheckpointError is a ValueError; FileNotFoundError an OSError
+        print(f"longclip: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("longclip: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

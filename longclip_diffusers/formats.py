@@ -1,0 +1,578 @@
+"""Read every CLIP checkpoint layout into one canonical state dict, and write each output layout.
+
+Canonical layout: the key names of a Hugging Face `CLIPModel` (`text_model.*`, optionally `vision_model.*`,
+`text_projection.weight`, `visual_projection.weight`, `logit_scale`), plus the configs that describe it.
+
+Layouts read:
+- OpenAI / open_clip (`token_embedding.weight`, `transformer.resblocks.{i}.attn.in_proj_weight`, ...), as `.pt`,
+  `.pth`, `.bin` or `.safetensors`, including the published Long-CLIP files, whose true position table is
+  rows 0..19 of `positional_embedding` and rows 20.. of `positional_embedding_res`;
+- open_clip model folders (`open_clip_config.json` + weights), e.g. open_clip's Hub repos;
+- Hugging Face folders (`config.json` + `model.safetensors` / `pytorch_model.bin`) of `CLIPModel`,
+  `CLIPTextModel` or `CLIPTextModelWithProjection`, with or without the `text_model.` prefix, including
+  248-row checkpoints whose config lacks `max_position_embeddings`; diffusers folders (`text_encoder/`);
+- single-file text encoders in the Hugging Face layout (ComfyUI's `text_encoders/*.safetensors`).
+
+Pickles are never trusted: `.pt` files are read with `torch.load(weights_only=True)`, which refuses code.
+Outputs are streamed tensor by tensor into a temporary folder that is renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pickle
+import shutil
+import struct
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+
+from .hub import WEIGHT_SUFFIXES, resolve
+
+logger = logging.getLogger(__name__)
+
+# Published Long-CLIP checkpoints take rows 0..19 from `positional_embedding`, the rest from `..._res`.
+PUBLISHED_KEEP = 20
+OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask", "mask1", "mask2")
+CLIP_BOS_TOKEN_ID = 49406
+CLIP_EOS_TOKEN_ID = 49407
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or converted; the message names the file and the fix."""
+
+
+@dataclass
+class Checkpoint:
+    """A CLIP model in the canonical layout.
+
+    `state_dict` uses Hugging Face `CLIPModel` key names; tensors may be memory-mapped from the source file.
+    `vision_config` and `projection_dim` are `None` for text-only sources.
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    text_config: CLIPTextConfig
+    vision_config: CLIPVisionConfig | None = None
+    projection_dim: int | None = None
+    source: str = ""
+    text_architecture: str = "CLIPTextModel"
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def num_positions(self) -> int:
+        return self.state_dict["text_model.embeddings.position_embedding.weight"].shape[0]
+
+    @property
+    def has_vision(self) -> bool:
+        return self.vision_config is not None
+
+    @property
+    def is_projection_model(self) -> bool:
+        """Whether the source was saved as a `CLIPTextModelWithProjection` (the default output class then)."""
+        return self.text_architecture == "CLIPTextModelWithProjection"
+
+    @property
+    def has_text_projection(self) -> bool:
+        return "text_projection.weight" in self.state_dict
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading raw state dicts
+# ----------------------------------------------------------------------------------------------------------
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a weights file without running any code in it; `.pt` files are memory-mapped when possible."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file.")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    try:
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as error:
+            if "mmap" not in str(error) and "zip" not in str(error):
+                raise
+            loaded = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"{path}: refused to load: the file holds pickled Python objects, not only tensors, and loading it "
+            "could run code. Only load checkpoints you trust; convert a trusted one to .safetensors first. "
+            f"(torch said: {str(error).splitlines()[0]})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt download?): "
+            f"{str(error).splitlines()[0]}. Download it again."
+        ) from None
+    return _unwrap(loaded, path)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        with safe_open(path, framework="pt") as handle:
+            return {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(
+            f"{path}: not a complete safetensors file (truncated or corrupt download?): {error}. Download it again."
+        ) from None
+
+
+def _unwrap(loaded: object, path: Path) -> dict[str, torch.Tensor]:
+    """Find the tensors in a training checkpoint ({"state_dict": ...}) and drop DDP's `module.` prefix."""
+    for container in ("state_dict", "model", "module"):
+        if isinstance(loaded, dict) and isinstance(loaded.get(container), dict):
+            loaded = loaded[container]
+    if not isinstance(loaded, dict) or not any(isinstance(value, torch.Tensor) for value in loaded.values()):
+        raise CheckpointError(f"{path}: holds no state dict of tensors; is it a model checkpoint?")
+    tensors = {key: value for key, value in loaded.items() if isinstance(value, torch.Tensor)}
+    if all(key.startswith("module.") for key in tensors):
+        tensors = {key.removeprefix("module."): value for key, value in tensors.items()}
+    return tensors
+
+
+def safetensors_shapes(path: str | os.PathLike) -> dict[str, list[int]]:
+    """Tensor shapes recorded in a safetensors header, read without loading any tensor."""
+    with open(path, "rb") as handle:
+        (header_size,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(header_size))
+    return {key: entry["shape"] for key, entry in header.items() if key != "__metadata__"}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# OpenAI / open_clip layout -> canonical
+# ----------------------------------------------------------------------------------------------------------
+
+_OPENAI_BLOCK_RENAMES = {
+    "ln_1": "layer_norm1",
+    "ln_2": "layer_norm2",
+    "attn.out_proj": "self_attn.out_proj",
+    "mlp.c_fc": "mlp.fc1",
+    "mlp.c_proj": "mlp.fc2",
+}
+
+
+def _openai_block(prefix_in: str, prefix_out: str, sd: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield the canonical tensors of one OpenAI residual block."""
+    for kind in ("weight", "bias"):
+        q, k, v = sd[f"{prefix_in}.attn.in_proj_{kind}"].chunk(3, dim=0)
+        yield f"{prefix_out}.self_attn.q_proj.{kind}", q
+        yield f"{prefix_out}.self_attn.k_proj.{kind}", k
+        yield f"{prefix_out}.self_attn.v_proj.{kind}", v
+        for old, new in _OPENAI_BLOCK_RENAMES.items():
+            yield f"{prefix_out}.{new}.{kind}", sd[f"{prefix_in}.{old}.{kind}"]
+
+
+def _count_blocks(sd: dict[str, torch.Tensor], prefix: str) -> int:
+    return len({key[len(prefix) :].split(".")[0] for key in sd if key.startswith(prefix)})
+
+
+def merged_position_table(sd: dict[str, torch.Tensor], keep: int = PUBLISHED_KEEP) -> torch.Tensor:
+    """The position table a published Long-CLIP checkpoint really uses.
+
+    The reference model adds `positional_embedding * mask1 + positional_embedding_res * mask2`, with mask1
+    selecting rows 0..keep-1 and mask2 the rest, so copying `positional_embedding` alone is subtly wrong.
+    """
+    table = sd["positional_embedding"]
+    residual = sd.get("positional_embedding_res")
+    if residual is None:
+        return table
+    if residual.shape != table.shape:
+        raise CheckpointError(
+            f"positional_embedding {tuple(table.shape)} and positional_embedding_res {tuple(residual.shape)} "
+            "differ in shape; this is not a Long-CLIP checkpoint."
+        )
+    return torch.cat([table[:keep], residual[keep:]], dim=0)
+
+
+def openai_to_canonical(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename an OpenAI / open_clip state dict (text tower, and vision tower when present) to canonical keys."""
+    if "text.token_embedding.weight" in sd:  # open_clip CustomTextCLIP keeps its text tower under `text.`
+        sd = {key.removeprefix("text."): value for key, value in sd.items()}
+    out: dict[str, torch.Tensor] = {
+        "text_model.embeddings.token_embedding.weight": sd["token_embedding.weight"],
+        "text_model.embeddings.position_embedding.weight": merged_position_table(sd),
+        "text_model.final_layer_norm.weight": sd["ln_final.weight"],
+        "text_model.final_layer_norm.bias": sd["ln_final.bias"],
+    }
+    for i in range(_count_blocks(sd, "transformer.resblocks.")):
+        out.update(_openai_block(f"transformer.resblocks.{i}", f"text_model.encoder.layers.{i}", sd))
+    if "text_projection" in sd:
+        projection = sd["text_projection"]
+        out["text_projection.weight"] = projection.t() if projection.ndim == 2 else projection
+    if "text_projection.weight" in sd:  # open_clip `proj_type="linear"` text towers
+        out["text_projection.weight"] = sd["text_projection.weight"]
+    if "logit_scale" in sd:
+        out["logit_scale"] = sd["logit_scale"]
+    if "visual.proj" in sd and "visual.conv1.weight" in sd:
+        out.update(
+            {
+                "vision_model.embeddings.class_embedding": sd["visual.class_embedding"],
+                "vision_model.embeddings.patch_embedding.weight": sd["visual.conv1.weight"],
+                "vision_model.embeddings.position_embedding.weight": sd["visual.positional_embedding"],
+                "vision_model.pre_layrnorm.weight": sd["visual.ln_pre.weight"],
+                "vision_model.pre_layrnorm.bias": sd["visual.ln_pre.bias"],
+                "vision_model.post_layernorm.weight": sd["visual.ln_post.weight"],
+                "vision_model.post_layernorm.bias": sd["visual.ln_post.bias"],
+                "visual_projection.weight": sd["visual.proj"].t(),
+            }
+        )
+        for i in range(_count_blocks(sd, "visual.transformer.resblocks.")):
+            out.update(_openai_block(f"visual.transformer.resblocks.{i}", f"vision_model.encoder.layers.{i}", sd))
+    return out
+
+
+def _configs_from_openai(
+    sd: dict[str, torch.Tensor], model_cfg: dict | None
+) -> tuple[CLIPTextConfig, CLIPVisionConfig | None, int | None]:
+    """Build configs from canonical tensor shapes; heads and activation come from an open_clip config if given.
+
+    Without one, the OpenAI conventions apply (as open_clip itself assumes): 64-wide heads and QuickGELU.
+    """
+    model_cfg = model_cfg or {}
+    text_cfg, vision_cfg = model_cfg.get("text_cfg", {}), model_cfg.get("vision_cfg", {})
+    act = "quick_gelu" if model_cfg.get("quick_gelu", not model_cfg) else "gelu"
+
+    width = sd["text_model.final_layer_norm.weight"].shape[0]
+    if not model_cfg and width % 64:
+        raise CheckpointError(
+            f"Text width {width} is not a multiple of 64, so the head count cannot be inferred the OpenAI way; "
+            "pass the open_clip architecture (--open-clip-model NAME or a config JSON)."
+        )
+    projection_dim = sd["text_projection.weight"].shape[0] if "text_projection.weight" in sd else None
+    text_config = CLIPTextConfig(
+        vocab_size=sd["text_model.embeddings.token_embedding.weight"].shape[0],
+        hidden_size=width,
+        intermediate_size=sd["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
+        num_hidden_layers=_count_blocks(sd, "text_model.encoder.layers."),
+        num_attention_heads=text_cfg.get("heads", width // 64),
+        max_position_embeddings=sd["text_model.embeddings.position_embedding.weight"].shape[0],
+        hidden_act=act,
+        projection_dim=projection_dim or width,
+        bos_token_id=CLIP_BOS_TOKEN_ID,
+        eos_token_id=CLIP_EOS_TOKEN_ID,
+    )
+    vision_config = None
+    if "vision_model.embeddings.class_embedding" in sd:
+        vision_width = sd["vision_model.embeddings.class_embedding"].shape[0]
+        patch_size = sd["vision_model.embeddings.patch_embedding.weight"].shape[-1]
+        grid = math.isqrt(sd["vision_model.embeddings.position_embedding.weight"].shape[0] - 1)
+        vision_config = CLIPVisionConfig(
+            hidden_size=vision_width,
+            intermediate_size=sd["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
+            num_hidden_layers=_count_blocks(sd, "vision_model.encoder.layers."),
+            num_attention_heads=vision_width // vision_cfg.get("head_width", 64),
+            image_size=patch_size * grid,
+            patch_size=patch_size,
+            hidden_act=act,
+            projection_dim=sd["visual_projection.weight"].shape[0],
+        )
+        projection_dim = vision_config.projection_dim
+    return text_config, vision_config, projection_dim
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Hugging Face layout -> canonical
+# ----------------------------------------------------------------------------------------------------------
+
+_FLAT_TEXT_PREFIXES = ("embeddings.", "encoder.", "final_layer_norm.")
+
+
+def hf_to_canonical(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Give every text-tower key the `text_model.` prefix (transformers 5 saves CLIPTextModel without it)."""
+    return {(f"text_model.{key}" if key.startswith(_FLAT_TEXT_PREFIXES) else key): value for key, value in sd.items()}
+
+
+def _read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return {key: value for shard in shards for key, value in _read_safetensors(folder / shard).items()}
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return read_state_dict(folder / name)
+    raise CheckpointError(f"{folder}: has a config.json but no model.safetensors or pytorch_model.bin.")
+
+
+def _fix_position_count(text_config: CLIPTextConfig, sd: dict[str, torch.Tensor], where: Path) -> None:
+    rows = sd["text_model.embeddings.position_embedding.weight"].shape[0]
+    if text_config.max_position_embeddings != rows:
+        logger.warning(
+            "%s: config says max_position_embeddings=%d but the position table has %d rows; using %d.",
+            where,
+            text_config.max_position_embeddings,
+            rows,
+            rows,
+        )
+        text_config.max_position_embeddings = rows
+
+
+def _load_hf_folder(folder: Path) -> Checkpoint:
+    config_dict = json.loads((folder / "config.json").read_text())
+    sd = hf_to_canonical(_read_hf_weights(folder))
+    _require_text_tower(sd, folder)
+    model_type = config_dict.get("model_type")
+    if model_type == "clip":
+        config = CLIPConfig.from_dict(config_dict)
+        text_config, vision_config = config.text_config, config.vision_config
+        projection_dim = config.projection_dim
+        if not any(key.startswith("vision_model.") for key in sd):
+            vision_config = None
+        architecture = "CLIPTextModel"
+    elif model_type == "clip_text_model":
+        text_config, vision_config = CLIPTextConfig.from_dict(config_dict), None
+        projection_dim = text_config.projection_dim if "text_projection.weight" in sd else None
+        architecture = (config_dict.get("architectures") or ["CLIPTextModel"])[0]
+    else:
+        raise CheckpointError(
+            f"{folder / 'config.json'}: model_type is {model_type!r}, not a CLIP model ('clip' or 'clip_text_model')."
+        )
+    _fix_position_count(text_config, sd, folder)
+    return Checkpoint(sd, text_config, vision_config, projection_dim, str(folder), architecture)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Any source -> Checkpoint
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _require_text_tower(sd: dict[str, torch.Tensor], where: Path) -> None:
+    if "text_model.embeddings.position_embedding.weight" not in sd:
+        sample = ", ".join(sorted(sd)[:3])
+        raise CheckpointError(
+            f"{where}: not a CLIP text encoder (no token/position embeddings found; keys start with {sample}). "
+            "Pass a Long-CLIP / CLIP checkpoint: an OpenAI-layout .pt, an open_clip checkpoint or a "
+            "Hugging Face CLIP folder."
+        )
+
+
+def _is_openai_layout(sd: dict[str, torch.Tensor]) -> bool:
+    return "token_embedding.weight" in sd or "text.token_embedding.weight" in sd
+
+
+def _load_weights_file(path: Path, model_cfg: dict | None = None) -> Checkpoint:
+    sd = read_state_dict(path)
+    if _is_openai_layout(sd):
+        sd = openai_to_canonical(sd)
+        _require_text_tower(sd, path)
+        text_config, vision_config, projection_dim = _configs_from_openai(sd, model_cfg)
+        extras = {"logit_scale_init_value": float(sd["logit_scale"])} if "logit_scale" in sd else {}
+        return Checkpoint(sd, text_config, vision_config, projection_dim, str(path), extras=extras)
+    sd = hf_to_canonical(sd)
+    _require_text_tower(sd, path)
+    # A bare Hugging Face-layout file (ComfyUI text encoder): the shapes say all but heads and activation.
+    text_config, _, projection_dim = _configs_from_openai(sd, model_cfg)
+    return Checkpoint(sd, text_config, None, projection_dim, str(path))
+
+
+def _single_weights_file(folder: Path) -> Path | None:
+    candidates = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    if len(candidates) > 1:
+        names = ", ".join(p.name for p in candidates)
+        raise CheckpointError(f"{folder}: holds several weights files ({names}); pass the one to use.")
+    return candidates[0] if candidates else None
+
+
+def load_checkpoint(
+    source: str | os.PathLike,
+    *,
+    subfolder: str | None = None,
+    revision: str | None = None,
+    open_clip_model: str | None = None,
+) -> Checkpoint:
+    """Read any supported CLIP checkpoint (local file or folder, or Hugging Face Hub repo id) into canonical form.
+
+    `open_clip_model` names an open_clip architecture (or its config JSON) whose head counts and activation
+    apply to an OpenAI-layout file; open_clip folders carry theirs in `open_clip_config.json`.
+    """
+    path = resolve(source, subfolder=subfolder, revision=revision)
+    model_cfg = _open_clip_model_config(open_clip_model) if open_clip_model else None
+    if path.is_file():
+        return _load_weights_file(path, model_cfg)
+    if (path / "config.json").is_file():
+        return _load_hf_folder(path)
+    if (path / "open_clip_config.json").is_file():
+        model_cfg = model_cfg or json.loads((path / "open_clip_config.json").read_text())["model_cfg"]
+        weights = _single_weights_file(path) or path / "open_clip_pytorch_model.bin"
+        return _load_weights_file(weights, model_cfg)
+    if (path / "text_encoder" / "config.json").is_file():
+        return _load_hf_folder(path / "text_encoder")
+    weights = _single_weights_file(path)
+    if weights is None:
+        raise CheckpointError(
+            f"{path}: found no CLIP weights (no config.json, text_encoder/, open_clip_config.json or single "
+            f"weights file {'/'.join(WEIGHT_SUFFIXES)})."
+        )
+    return _load_weights_file(weights, model_cfg)
+
+
+def _open_clip_model_config(name: str) -> dict:
+    """An open_clip architecture config, by model name (e.g. `ViT-bigG-14`) or path to a config JSON."""
+    if Path(name).is_file():
+        config = json.loads(Path(name).read_text())
+        return config.get("model_cfg", config)
+    import open_clip
+
+    config = open_clip.get_model_config(name)
+    if config is None:
+        raise CheckpointError(
+            f"{name!r} is not an open_clip model name (see open_clip.list_models()) or a config JSON file."
+        )
+    return config
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Writing
+# ----------------------------------------------------------------------------------------------------------
+
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def write_safetensors(
+    tensors: dict[str, torch.Tensor], path: str | os.PathLike, dtype: torch.dtype | None = None
+) -> None:
+    """Write a safetensors file one tensor at a time, so memory-mapped sources are never copied whole.
+
+    `dtype` converts floating-point tensors on the way.
+    """
+
+    def target_dtype(tensor: torch.Tensor) -> torch.dtype:
+        return dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+
+    header: dict[str, dict] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, tensor in tensors.items():
+        out_dtype = target_dtype(tensor)
+        size = tensor.numel() * torch.empty((), dtype=out_dtype).element_size()
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[out_dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    header_bytes += b" " * (-len(header_bytes) % 8)
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(header_bytes)))
+        handle.write(header_bytes)
+        for tensor in tensors.values():
+            data = tensor.detach().to("cpu", target_dtype(tensor)).contiguous().reshape(-1)
+            handle.write(data.view(torch.uint8).numpy().data)
+
+
+@contextmanager
+def atomic_output(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `out`; on success it is renamed to `out`, on failure removed.
+
+    An existing `out` is replaced only with `overwrite=True`, and only once the new one is complete.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out}: already exists; choose another output or pass --overwrite.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = tmp_dir / out.name
+    try:
+        yield tmp
+        if out.exists():
+            old = tmp_dir / f"{out.name}.old"
+            out.rename(old)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def text_state_dict(checkpoint: Checkpoint, with_projection: bool) -> dict[str, torch.Tensor]:
+    """The canonical text tower (keys `text_model.*`, and `text_projection.weight` when asked for)."""
+    sd = {key: value for key, value in checkpoint.state_dict.items() if key.startswith("text_model.")}
+    if with_projection:
+        if not checkpoint.has_text_projection:
+            raise CheckpointError(
+                f"{checkpoint.source}: has no text projection, so it cannot be a *WithProjection model."
+            )
+        sd["text_projection.weight"] = checkpoint.state_dict["text_projection.weight"]
+    return sd
+
+
+def text_config_dict(checkpoint: Checkpoint, with_projection: bool) -> dict:
+    config = CLIPTextConfig.from_dict(checkpoint.text_config.to_dict())
+    architecture = "CLIPTextModelWithProjection" if with_projection else "CLIPTextModel"
+    config.architectures = [architecture]
+    if with_projection:
+        config.projection_dim = checkpoint.state_dict["text_projection.weight"].shape[0]
+    return config.to_dict()
+
+
+def write_text_encoder(
+    checkpoint: Checkpoint, folder: Path, with_projection: bool | None = None, dtype: torch.dtype | None = None
+) -> None:
+    """Write a Hugging Face text-encoder folder (`config.json` + `model.safetensors`) into `folder`.
+
+    Keys carry the `text_model.` prefix, the layout transformers 4.x expects and 5.x still loads.
+    """
+    if with_projection is None:
+        with_projection = checkpoint.is_projection_model
+    folder.mkdir(parents=True, exist_ok=True)
+    config = text_config_dict(checkpoint, with_projection)
+    if dtype is not None:
+        config["torch_dtype"] = config["dtype"] = str(dtype).removeprefix("torch.")
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_safetensors(text_state_dict(checkpoint, with_projection), folder / "model.safetensors", dtype)
+
+
+def clip_config(checkpoint: Checkpoint) -> CLIPConfig:
+    if not checkpoint.has_vision:
+        raise CheckpointError(
+            f"{checkpoint.source}: has no vision tower, so it cannot be written as a full CLIPModel; "
+            "use `--to diffusers` or `--to comfyui` for a text encoder."
+        )
+    config = CLIPConfig(
+        text_config=checkpoint.text_config.to_dict(),
+        vision_config=checkpoint.vision_config.to_dict(),
+        projection_dim=checkpoint.projection_dim,
+        **checkpoint.extras,
+    )
+    config.architectures = ["CLIPModel"]
+    return config
+
+
+def write_clip_model(checkpoint: Checkpoint, folder: Path, dtype: torch.dtype | None = None) -> None:
+    """Write a full Hugging Face `CLIPModel` folder (weights + config) into `folder`."""
+    config = clip_config(checkpoint)
+    folder.mkdir(parents=True, exist_ok=True)
+    sd = dict(checkpoint.state_dict)
+    sd.setdefault("logit_scale", torch.tensor(config.logit_scale_init_value))
+    (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+    write_safetensors(sd, folder / "model.safetensors", dtype)
+
+
+def write_comfyui_text_encoder(checkpoint: Checkpoint, path: Path, dtype: torch.dtype | None = None) -> None:
+    """One safetensors file in the layout ComfyUI core loads as a (Long-)CLIP-L text encoder.
+
+    ComfyUI detects the model from `text_model.*` key names and switches to its 248-token Long-CLIP
+    tokenizer when `text_model.embeddings.position_embedding.weight` has 248 rows.
+    """
+    with_projection = checkpoint.has_text_projection
+    write_safetensors(text_state_dict(checkpoint, with_projection), path, dtype)

@@ -1,0 +1,95 @@
+"""`LongCLIPTextEncoder.from_pretrained`: any Long-CLIP checkpoint as a stock transformers text encoder."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, PreTrainedTokenizerBase
+
+from .formats import Checkpoint, CheckpointError, load_checkpoint, write_text_encoder
+
+CLIP_POSITIONS = 77
+
+
+def require_long(checkpoint: Checkpoint) -> None:
+    """Refuse a 77-position encoder where a Long-CLIP one is needed, saying how to make one."""
+    if checkpoint.num_positions <= CLIP_POSITIONS:
+        raise CheckpointError(
+            f"{checkpoint.source}: has {checkpoint.num_positions} text positions, so it is a plain CLIP encoder, "
+            "not Long-CLIP. Use a Long-CLIP checkpoint, make a training-free long version with "
+            "`longclip stretch`, or pass allow_short=True to load it as it is."
+        )
+
+
+def check_pair(tokenizer: PreTrainedTokenizerBase, text_config: CLIPTextConfig, where: str = "") -> None:
+    """Refuse a tokenizer that does not fit a text encoder: unknown token ids, or a different length."""
+    where = f"{where}: " if where else ""
+    if len(tokenizer) > text_config.vocab_size:
+        raise CheckpointError(
+            f"{where}the tokenizer has {len(tokenizer)} tokens but the text encoder embeds only "
+            f"{text_config.vocab_size}; this encoder was trained with another vocabulary. Use the tokenizer it "
+            "was trained with (pass its folder) instead of CLIP's."
+        )
+    if tokenizer.model_max_length != text_config.max_position_embeddings:
+        raise CheckpointError(
+            f"{where}the tokenizer reads {tokenizer.model_max_length} tokens but the text encoder has "
+            f"{text_config.max_position_embeddings} positions; load the tokenizer with "
+            f"LongCLIPTokenizer.from_pretrained(..., model_max_length={text_config.max_position_embeddings})."
+        )
+
+
+def build_text_model(
+    checkpoint: Checkpoint, with_projection: bool | None = None, dtype: torch.dtype | None = None
+) -> CLIPTextModel | CLIPTextModelWithProjection:
+    """Instantiate the text tower of `checkpoint` through transformers' own `from_pretrained`."""
+    if with_projection is None:
+        with_projection = checkpoint.is_projection_model
+    model_class = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    with tempfile.TemporaryDirectory(prefix="longclip-") as tmp:
+        write_text_encoder(checkpoint, Path(tmp), with_projection, dtype)
+        model = model_class.from_pretrained(tmp)
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.eval()
+
+
+class LongCLIPTextEncoder:
+    """Loads Long-CLIP text encoders as stock `CLIPTextModel` / `CLIPTextModelWithProjection` instances.
+
+    Like transformers' Auto classes this is a factory: what it returns is a plain transformers model, so a
+    diffusers pipeline built with it saves and loads anywhere, without this package.
+
+    ```python
+    text_encoder = LongCLIPTextEncoder.from_pretrained("BeichenZhang/LongCLIP-L")
+    pipe = StableDiffusionPipeline.from_pretrained(sd15_id, text_encoder=text_encoder, tokenizer=tokenizer)
+    ```
+    """
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        subfolder: str | None = None,
+        revision: str | None = None,
+        with_projection: bool | None = None,
+        dtype: torch.dtype | None = None,
+        allow_short: bool = False,
+        open_clip_model: str | None = None,
+    ) -> CLIPTextModel | CLIPTextModelWithProjection:
+        """Load a text encoder from a Hub repo id, a folder, or a single `.pt` / `.safetensors` file.
+
+        Reads every layout `longclip convert` reads (published OpenAI-layout Long-CLIP files, open_clip and
+        Hugging Face checkpoints). `with_projection=True` gives a `CLIPTextModelWithProjection` (default: only
+        for sources saved as one, e.g. SDXL's `text_encoder_2`). 77-position encoders are refused unless
+        `allow_short=True`.
+        """
+        checkpoint = load_checkpoint(
+            pretrained_model_name_or_path, subfolder=subfolder, revision=revision, open_clip_model=open_clip_model
+        )
+        if not allow_short:
+            require_long(checkpoint)
+        return build_text_model(checkpoint, with_projection, dtype)

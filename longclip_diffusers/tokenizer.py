@@ -1,0 +1,194 @@
+"""CLIP's tokenizer at Long-CLIP's length: CLIP's BPE (from the file open_clip ships) and CLIP's text cleaning."""
+
+from __future__ import annotations
+
+import gzip
+import html
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ftfy
+
+# diffusers loads a pipeline component of a non-transformers library by checking it against the base classes
+# that library's module exposes by name: this name lets a saved pipeline load its LongCLIPTokenizer back.
+from transformers import (
+    CLIPTokenizerFast,
+    PreTrainedTokenizerFast,  # noqa: F401
+)
+
+from .hub import WEIGHT_SUFFIXES, resolve
+
+__all__ = ["DEFAULT_MAX_LENGTH", "LongCLIPTokenizer", "clean_text", "write_clip_vocab"]
+
+DEFAULT_MAX_LENGTH = 248
+_MAX_SANE_LENGTH = 100_000  # saved configs use 1e30-like values to mean "unset"
+# transformers 4.x fast tokenizers route every call through `_batch_encode_plus`; 5.x through `_encode_plus`.
+_BATCH_IS_CHOKE_POINT = hasattr(CLIPTokenizerFast, "_batch_encode_plus")
+
+
+def clean_text(text: str) -> str:
+    """CLIP's cleaning before BPE: fix mojibake, unescape HTML twice, collapse whitespace, lower-case."""
+    text = html.unescape(html.unescape(ftfy.fix_text(text)))
+    return " ".join(text.split()).lower()
+
+
+def _clean_inputs(value: Any) -> Any:
+    """`clean_text` on every string in a text, a pair or a batch; anything else passes through."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_clean_inputs(item) for item in value)
+    return value
+
+
+def write_clip_vocab(folder: str | Path) -> None:
+    """Write CLIP's vocabulary as Hugging Face `vocab.json` + `merges.txt`, from open_clip's BPE file."""
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe  # open_clip is slow to import: only here
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with gzip.open(default_bpe(), "rt", encoding="utf-8") as f:
+        merges = f.read().split("\n")[1 : 49152 - 256 - 2 + 1]
+    byte_chars = list(bytes_to_unicode().values())
+    tokens = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]  # 49406, 49407
+    vocab = {token: i for i, token in enumerate(tokens)}
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+
+
+def _check_max_length(model_max_length: Any) -> None:
+    if isinstance(model_max_length, bool) or not isinstance(model_max_length, int) or model_max_length < 3:
+        raise ValueError(
+            f"model_max_length must be an int >= 3 (start token, one text token, end token), got "
+            f"{model_max_length!r}; pass e.g. model_max_length={DEFAULT_MAX_LENGTH} (Long-CLIP) or 77 (CLIP)."
+        )
+
+
+def _has_tokenizer_files(folder: Path) -> bool:
+    return (folder / "tokenizer.json").is_file() or (
+        (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    )
+
+
+class LongCLIPTokenizer(CLIPTokenizerFast):
+    """CLIP's tokenizer with Long-CLIP's 248-token context; gives the ids of OpenAI CLIP / open_clip.
+
+    Every text is cleaned like CLIP cleans it (`clean_text`) before BPE, which the plain Hugging Face CLIP
+    tokenizer skips (curly quotes, `&amp;` or mojibake then get other ids). Like open_clip, special-token
+    strings in the text are not parsed as special tokens (`split_special_tokens=True`); this also keeps a
+    `"!"` pad token from splitting runs of `!`, which a plain Hugging Face tokenizer padding with `"!"` does.
+
+    Padding: the default pad token is `<|endoftext|>` (id 49407), as in the SD 1.5 tokenizer, because the
+    SD 1.5 UNet was trained on conditioning whose padding positions hold end-of-text tokens and it
+    cross-attends to every position, pads included. `pad_token="!"` (id 0) reproduces open_clip, the
+    Long-CLIP reference and SDXL's second tokenizer. Pooled features are the same either way: CLIP's text
+    attention is causal and pooling reads the first end-of-text token, so later positions cannot affect it.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        pad_token: str = "<|endoftext|>",
+        model_max_length: int = DEFAULT_MAX_LENGTH,
+        split_special_tokens: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            *args,
+            pad_token=pad_token,
+            model_max_length=model_max_length,
+            split_special_tokens=split_special_tokens,
+            **kwargs,
+        )
+
+    # Clean exactly once, at the installed transformers version's single entry point: cleaning is not
+    # idempotent ("x < y &amp;amp;amp;" -> "x < y &amp;" -> "x < y &").
+    if _BATCH_IS_CHOKE_POINT:
+
+        def _batch_encode_plus(self, batch_text_or_text_pairs: Any, *args: Any, **kwargs: Any) -> Any:
+            if not kwargs.get("is_split_into_words", False):
+                batch_text_or_text_pairs = _clean_inputs(batch_text_or_text_pairs)
+            return super()._batch_encode_plus(batch_text_or_text_pairs, *args, **kwargs)
+
+    else:
+
+        def _encode_plus(self, text: Any, text_pair: Any = None, *args: Any, **kwargs: Any) -> Any:
+            if not kwargs.get("is_split_into_words", False):
+                text, text_pair = _clean_inputs(text), _clean_inputs(text_pair)
+            return super()._encode_plus(text, text_pair, *args, **kwargs)
+
+    @classmethod
+    def from_clip_bpe(
+        cls, model_max_length: int = DEFAULT_MAX_LENGTH, pad_token: str = "<|endoftext|>"
+    ) -> LongCLIPTokenizer:
+        """Build the tokenizer offline from the BPE file that open_clip ships (about 0.2 s)."""
+        _check_max_length(model_max_length)
+        with tempfile.TemporaryDirectory() as folder:
+            write_clip_vocab(folder)
+            tokenizer = super().from_pretrained(folder, model_max_length=model_max_length, pad_token=pad_token)
+        tokenizer.name_or_path = "clip-bpe"  # not the deleted temporary folder
+        return tokenizer
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike | None = None,
+        *,
+        subfolder: str | None = None,
+        model_max_length: int | None = None,
+        pad_token: str | None = None,
+        **kwargs: Any,
+    ) -> LongCLIPTokenizer:
+        """Load from a tokenizer folder (or its `tokenizer/` subfolder), a Hub id, or build CLIP's BPE.
+
+        `None`, a folder without tokenizer files (e.g. only Long-CLIP weights) and a weights file
+        (`.pt`, `.safetensors`, ...) all get CLIP's tokenizer built from open_clip's BPE file.
+        `model_max_length` defaults to the saved value when it is sane, else 248.
+        """
+        if model_max_length is not None:
+            _check_max_length(model_max_length)
+        source = pretrained_model_name_or_path
+        if source is None:
+            return cls.from_clip_bpe(model_max_length or DEFAULT_MAX_LENGTH, pad_token or "<|endoftext|>")
+        path = resolve(source, subfolder=subfolder, revision=kwargs.pop("revision", None))
+
+        candidates = (path, path / "tokenizer") if path.is_dir() else ()
+        folder = next((f for f in candidates if _has_tokenizer_files(f)), None)
+        if folder is None:
+            if path.is_file() and path.suffix not in WEIGHT_SUFFIXES:
+                raise ValueError(f"{path} is neither a folder nor a weights file ({', '.join(WEIGHT_SUFFIXES)})")
+            return cls.from_clip_bpe(model_max_length or DEFAULT_MAX_LENGTH, pad_token or "<|endoftext|>")
+
+        if model_max_length is not None:
+            kwargs["model_max_length"] = model_max_length
+        if pad_token is not None:
+            kwargs["pad_token"] = pad_token
+        kwargs.setdefault("split_special_tokens", True)  # a saved `false` would break CLIP parity
+        tokenizer = super().from_pretrained(folder, **kwargs)
+        if tokenizer.model_max_length > _MAX_SANE_LENGTH:  # saved as "unset"
+            tokenizer.model_max_length = DEFAULT_MAX_LENGTH
+        _check_max_length(tokenizer.model_max_length)
+        return tokenizer
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> tuple[str, ...]:
+        """Save as a plain `CLIPTokenizer` folder that loads anywhere (transformers 4.x and 5.x)."""
+        if kwargs.get("push_to_hub"):
+            raise ValueError("push_to_hub is not supported here: save_pretrained(folder), then upload the folder.")
+        files = super().save_pretrained(save_directory, *args, **kwargs)
+        # vocab.json + merges.txt: what transformers 4.x's (Python) CLIPTokenizer reads, e.g. in diffusers pipelines.
+        files = (*files, *self.backend_tokenizer.model.save(str(save_directory)))
+        config_file = Path(next(f for f in files if str(f).endswith("tokenizer_config.json")))
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config.update(tokenizer_class="CLIPTokenizer", model_max_length=self.model_max_length)
+        for loader_flag in ("is_local", "local_files_only"):  # transformers 5 saves these load arguments
+            config.pop(loader_flag, None)
+        mode = config_file.stat().st_mode & 0o777
+        with tempfile.NamedTemporaryFile("w", dir=config_file.parent, delete=False, encoding="utf-8") as tmp:
+            tmp.write(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        os.chmod(tmp.name, mode)
+        os.replace(tmp.name, config_file)
+        return files

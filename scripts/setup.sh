@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Creates .venv and installs longclip-diffusers with every extra. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q -U pip
+.venv/bin/pip install -q -e ".[all]"
+# transformers 4.x beside the main install (not on the import path): the tests load what we save with it.
+[ -d .venv/transformers4/transformers ] || .venv/bin/pip install -q --no-deps --target .venv/transformers4 \
+    "transformers==4.57.3" "tokenizers==0.22.1" "huggingface_hub==0.36.0"

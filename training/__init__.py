@@ -1,0 +1,1 @@
+"""Long-CLIP training (filled in by its own issue; see the README)."""
