@@ -15,11 +15,12 @@ from collections.abc import MutableMapping
 import torch
 from torch import nn
 
+CLIP_POSITIONS = 77
 DEFAULT_KEEP = 20
 DEFAULT_RATIO = 4
 
 
-def stretched_length(num_positions: int = 77, keep: int = DEFAULT_KEEP, ratio: int = DEFAULT_RATIO) -> int:
+def stretched_length(num_positions: int = CLIP_POSITIONS, keep: int = DEFAULT_KEEP, ratio: int = DEFAULT_RATIO) -> int:
     """Number of rows after stretching a `num_positions`-row table: keep + (num_positions - keep) * ratio."""
     _check_stretch_args(num_positions, keep, ratio)
     return keep + (num_positions - keep) * ratio

@@ -10,8 +10,7 @@ import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, PreTrainedTokenizerBase
 
 from .formats import Checkpoint, CheckpointError, load_checkpoint, write_text_encoder
-
-CLIP_POSITIONS = 77
+from .stretch import CLIP_POSITIONS
 
 
 def require_long(checkpoint: Checkpoint) -> None:

@@ -18,12 +18,21 @@ import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .convert import convert
-from .formats import atomic_output
-from .stretch import DEFAULT_KEEP, DEFAULT_RATIO
+from .formats import CLIP_BOS_TOKEN_ID, CLIP_EOS_TOKEN_ID, atomic_output
+from .stretch import CLIP_POSITIONS, DEFAULT_KEEP, DEFAULT_RATIO
 from .tokenizer import LongCLIPTokenizer
 
-CLIP_POSITIONS = 77
 CLIP_VOCAB_SIZE = 49408
+# A two-level UNet with one cross-attention level: 32x32 latents, 64x64 images with the tiny VAE.
+TINY_UNET = dict(
+    block_out_channels=(32, 64),
+    layers_per_block=2,
+    sample_size=32,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+)
 
 
 def tiny_text_config(hidden_size: int = 32, projection_dim: int = 32) -> CLIPTextConfig:
@@ -37,9 +46,9 @@ def tiny_text_config(hidden_size: int = 32, projection_dim: int = 32) -> CLIPTex
         max_position_embeddings=CLIP_POSITIONS,
         hidden_act="quick_gelu",
         projection_dim=projection_dim,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=49407,
+        bos_token_id=CLIP_BOS_TOKEN_ID,
+        eos_token_id=CLIP_EOS_TOKEN_ID,
+        pad_token_id=CLIP_EOS_TOKEN_ID,
     )
 
 
@@ -69,16 +78,7 @@ def tiny_sd15_pipeline(seed: int = 0):
     from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-    )
+    unet = UNet2DConditionModel(**TINY_UNET, cross_attention_dim=32)
     scheduler = PNDMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1
     )
@@ -100,13 +100,7 @@ def tiny_sdxl_pipeline(seed: int = 0):
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        **TINY_UNET,
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
