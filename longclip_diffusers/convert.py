@@ -10,13 +10,14 @@ import torch
 
 from .formats import (
     Checkpoint,
+    CheckpointError,
     atomic_output,
     load_checkpoint,
     write_clip_model,
     write_comfyui_text_encoder,
     write_text_encoder,
 )
-from .stretch import DEFAULT_KEEP, DEFAULT_RATIO, stretch_position_table
+from .stretch import CLIP_POSITIONS, DEFAULT_KEEP, DEFAULT_RATIO, stretch_position_table
 from .text_encoder import check_pair
 from .tokenizer import LongCLIPTokenizer
 
@@ -31,7 +32,13 @@ CLIP_IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 def stretch_checkpoint(checkpoint: Checkpoint, keep: int = DEFAULT_KEEP, ratio: int = DEFAULT_RATIO) -> Checkpoint:
-    """Training-free Long version of a checkpoint: its text position table stretched (in place)."""
+    """Training-free Long version of a 77-position checkpoint: its text position table stretched (in place)."""
+    if checkpoint.num_positions != CLIP_POSITIONS:
+        raise CheckpointError(
+            f"{checkpoint.source}: already has {checkpoint.num_positions} text positions; stretching is for "
+            f"{CLIP_POSITIONS}-position CLIP encoders (stretching a long one would interpolate its trained rows). "
+            "Stretch the original CLIP instead, or convert this one with `longclip convert`."
+        )
     table = stretch_position_table(checkpoint.state_dict[POSITION_KEY], keep, ratio)
     checkpoint.state_dict[POSITION_KEY] = table
     checkpoint.text_config.max_position_embeddings = table.shape[0]

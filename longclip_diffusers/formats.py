@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
+from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 
 from .hub import WEIGHT_SUFFIXES, resolve
@@ -144,10 +145,30 @@ def _unwrap(loaded: object, path: Path) -> dict[str, torch.Tensor]:
 
 def safetensors_shapes(path: str | os.PathLike) -> dict[str, list[int]]:
     """Tensor shapes recorded in a safetensors header, read without loading any tensor."""
-    with open(path, "rb") as handle:
-        (header_size,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(header_size))
+    try:
+        with open(path, "rb") as handle:
+            (header_size,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(header_size))
+    except (struct.error, ValueError, MemoryError) as error:
+        raise CheckpointError(f"{path}: not a safetensors file (unreadable header: {error}).") from None
     return {key: entry["shape"] for key, entry in header.items() if key != "__metadata__"}
+
+
+def text_positions(folder: Path) -> int | None:
+    """Rows of the text position table of a Hugging Face (or diffusers) folder, from file headers only.
+
+    `None` when the folder holds no single `model.safetensors` text encoder.
+    """
+    for candidate in (folder / "model.safetensors", folder / "text_encoder" / "model.safetensors"):
+        if candidate.is_file():
+            try:
+                shapes = safetensors_shapes(candidate)
+            except CheckpointError:  # the encoder's own loading reports that; the tokenizer does not need it
+                return None
+            for key, shape in shapes.items():
+                if key.endswith("embeddings.position_embedding.weight") and not key.startswith("vision_model."):
+                    return shape[0]
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -436,6 +457,7 @@ def _open_clip_model_config(name: str) -> dict:
 # Writing
 # ----------------------------------------------------------------------------------------------------------
 
+_PROGRESS_MIN_BYTES = 256 * 2**20  # show a progress bar when writing more than this
 _SAFETENSORS_DTYPES = {
     torch.float64: "F64",
     torch.float32: "F32",
@@ -474,12 +496,16 @@ def write_safetensors(
         offset += size
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     header_bytes += b" " * (-len(header_bytes) % 8)
-    with open(path, "wb") as handle:
+    progress = tqdm(
+        total=offset, unit="B", unit_scale=True, desc=f"writing {Path(path).name}", disable=offset < _PROGRESS_MIN_BYTES
+    )
+    with open(path, "wb") as handle, progress:
         handle.write(struct.pack("<Q", len(header_bytes)))
         handle.write(header_bytes)
         for tensor in tensors.values():
             data = tensor.detach().to("cpu", target_dtype(tensor)).contiguous().reshape(-1)
             handle.write(data.view(torch.uint8).numpy().data)
+            progress.update(data.numel() * data.element_size())
 
 
 @contextmanager

@@ -19,6 +19,7 @@ from transformers import (
     PreTrainedTokenizerFast,  # noqa: F401
 )
 
+from .formats import text_positions
 from .hub import WEIGHT_SUFFIXES, resolve
 
 __all__ = ["DEFAULT_MAX_LENGTH", "LongCLIPTokenizer", "clean_text", "write_clip_vocab"]
@@ -147,7 +148,8 @@ class LongCLIPTokenizer(CLIPTokenizerFast):
 
         `None`, a folder without tokenizer files (e.g. only Long-CLIP weights) and a weights file
         (`.pt`, `.safetensors`, ...) all get CLIP's tokenizer built from open_clip's BPE file.
-        `model_max_length` defaults to the saved value when it is sane, else 248.
+        `model_max_length` defaults to the position count of a text encoder saved in the same folder (or its
+        `text_encoder/`), else to the saved value when it is sane, else 248.
         """
         if model_max_length is not None:
             _check_max_length(model_max_length)
@@ -155,6 +157,10 @@ class LongCLIPTokenizer(CLIPTokenizerFast):
         if source is None:
             return cls.from_clip_bpe(model_max_length or DEFAULT_MAX_LENGTH, pad_token or "<|endoftext|>")
         path = resolve(source, subfolder=subfolder, revision=kwargs.pop("revision", None))
+        if model_max_length is None and path.is_dir():
+            # A text encoder stored beside the tokenizer decides the length: community Long-CLIP conversions
+            # often ship CLIP's 77-token tokenizer config next to a 248-position encoder.
+            model_max_length = text_positions(path)
 
         candidates = (path, path / "tokenizer") if path.is_dir() else ()
         folder = next((f for f in candidates if _has_tokenizer_files(f)), None)

@@ -89,6 +89,12 @@ def test_stretch_makes_a_long_version_of_a_77_position_encoder(tiny_components, 
     assert json.loads((tmp_path / "k10/text_encoder/config.json").read_text())["max_position_embeddings"] == 345
 
 
+def test_stretching_a_long_clip_again_is_refused(published_pt, tmp_path, capsys):
+    path, _ = published_pt
+    code, _, err = run_cli(capsys, "stretch", path, tmp_path / "o")
+    assert_one_line_error(code, err, "already has 248 text positions", "longclip convert")
+
+
 def test_stretch_with_invalid_keep_is_refused(tiny_components, tmp_path, capsys):
     code, _, err = run_cli(capsys, "stretch", tiny_components / "sd15/text_encoder", tmp_path / "o", "--keep", "77")
     assert_one_line_error(code, err, "keep=77 is out of range")

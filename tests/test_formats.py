@@ -6,11 +6,12 @@ import pytest
 import torch
 from conftest import TINY_OPEN_CLIP_CONFIG_GELU, published_longclip_state_dict, tiny_open_clip_model
 from safetensors.torch import load_file, save_file
-from transformers import CLIPModel, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import CLIPModel, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from longclip_diffusers.convert import convert
 from longclip_diffusers.formats import CheckpointError, load_checkpoint, safetensors_shapes
 from longclip_diffusers.text_encoder import LongCLIPTextEncoder
+from longclip_diffusers.tokenizer import LongCLIPTokenizer
 
 ATOL = 1e-5
 
@@ -215,6 +216,11 @@ def test_community_conversion_without_max_position_embeddings_is_fixed_not_trunc
     assert model.config.max_position_embeddings == 248
     assert_text_parity(model, reference, 248)
 
+    # Such repos often carry CLIP's 77-token tokenizer config: the encoder beside it decides the length.
+    LongCLIPTokenizer.from_clip_bpe(model_max_length=77).save_pretrained(community)
+    assert CLIPTokenizer.from_pretrained(community).model_max_length == 77
+    assert LongCLIPTokenizer.from_pretrained(community).model_max_length == 248
+
 
 def test_comfyui_file_round_trip(published_pt, tmp_path):
     path, reference = published_pt
@@ -223,6 +229,16 @@ def test_comfyui_file_round_trip(published_pt, tmp_path):
     assert tensors["text_model.embeddings.position_embedding.weight"].shape == (248, 128)
     assert all(key.startswith(("text_model.", "text_projection.")) for key in tensors)
     assert_text_parity(LongCLIPTextEncoder.from_pretrained(out, with_projection=True), reference, 248)
+
+
+def test_text_encoder_loads_in_the_requested_precision(published_pt):
+    path, reference = published_pt
+    model = LongCLIPTextEncoder.from_pretrained(path, dtype=torch.bfloat16)
+    assert model.dtype == torch.bfloat16
+    ids = prompt_ids(248)
+    with torch.no_grad():
+        hidden = model(input_ids=ids).last_hidden_state.float()
+        torch.testing.assert_close(hidden, open_clip_text_hidden_states(reference, ids), atol=0.1, rtol=0.05)
 
 
 def test_weights_are_stored_in_the_requested_precision(published_pt, tmp_path):
