@@ -1,0 +1,157 @@
+"""LongCLIPStableDiffusionPipeline on the tiny SD 1.5 components: generations, equality with stock, features."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import HEAD, PAST_248, TAIL_A, TAIL_B, generate
+from diffusers import DiffusionPipeline, StableDiffusionPipeline
+from longclip_diffusers.pipelines import SD_PIPELINE_DIR, LongCLIPStableDiffusionPipeline
+
+from longclip_diffusers.tiny import tiny_clip_tokenizer
+
+
+@pytest.fixture(scope="module")
+def stock(tiny_components):
+    return StableDiffusionPipeline.from_pretrained(tiny_components / "sd15")
+
+
+@pytest.fixture(scope="module")
+def pipe(stock, long_parts):
+    text_encoder, tokenizer = long_parts("sd15")
+    return LongCLIPStableDiffusionPipeline.from_pipe(stock, text_encoder=text_encoder, tokenizer=tokenizer)
+
+
+def encode(pipe, prompt, negative="blurry", **kwargs):
+    return pipe.encode_prompt(prompt, "cpu", 1, True, negative_prompt=negative, **kwargs)
+
+
+def test_generates_an_image_from_a_long_prompt(pipe):
+    images = generate(pipe, HEAD + TAIL_A, negative_prompt="blurry, low quality")
+    assert images.shape == (1, 64, 64, 3) and np.isfinite(images).all()
+
+
+def test_with_stock_encoders_and_short_prompts_nothing_changes(stock):
+    ours = LongCLIPStableDiffusionPipeline.from_pipe(stock)
+    prompts, negatives = ["a lighthouse at dusk", "a red boat"], ["blurry", "dark, low quality"]
+    expected = stock.encode_prompt(prompts, "cpu", 2, True, negative_prompt=negatives)
+    actual = ours.encode_prompt(prompts, "cpu", 2, True, negative_prompt=negatives)
+    assert all(torch.equal(e, a) for e, a in zip(expected, actual, strict=True))
+    assert np.array_equal(generate(stock, "a lighthouse at dusk"), generate(ours, "a lighthouse at dusk"))
+
+
+def test_the_tail_past_77_and_past_248_changes_conditioning_and_image(pipe):
+    a, _ = encode(pipe, HEAD + TAIL_A)
+    b, _ = encode(pipe, HEAD + TAIL_B)
+    assert a.shape == (1, 248, 32)
+    start = len(pipe.tokenizer(HEAD).input_ids) - 1
+    assert start >= 77
+    assert torch.equal(a[:, :start], b[:, :start]) and not torch.allclose(a[:, start:], b[:, start:])
+    assert np.abs(generate(pipe, HEAD + TAIL_A) - generate(pipe, HEAD + TAIL_B)).max() > 1e-3
+
+    c, negative = encode(pipe, HEAD + PAST_248 + TAIL_A)
+    d, _ = encode(pipe, HEAD + PAST_248 + TAIL_B)
+    assert c.shape == negative.shape == (1, 2 * 248, 32)  # the negative is padded to the same windows
+    assert not torch.allclose(c[:, 248:], d[:, 248:])
+    assert np.abs(generate(pipe, HEAD + PAST_248 + TAIL_A) - generate(pipe, HEAD + PAST_248 + TAIL_B)).max() > 1e-3
+
+
+def test_clip_skip_works_on_transformers5_where_the_stock_pipeline_breaks(pipe, stock, long_parts):
+    text_encoder, tokenizer = long_parts("sd15")
+    ids = tokenizer("a lighthouse at dusk", padding="max_length", return_tensors="pt").input_ids
+    with torch.no_grad():
+        states = text_encoder(ids, output_hidden_states=True).hidden_states[-2]
+        expected = text_encoder.final_layer_norm(states)
+    actual, _ = encode(pipe, "a lighthouse at dusk", clip_skip=1)
+    assert torch.equal(actual, expected)
+    if not hasattr(stock.text_encoder, "text_model"):  # transformers >= 5 flattened CLIPTextModel
+        with pytest.raises(AttributeError, match="text_model"):
+            encode(stock, "a lighthouse at dusk", clip_skip=1)
+
+
+def test_batches_images_per_prompt_and_given_embeds(pipe):
+    prompts = [HEAD + TAIL_A, "a red boat"]
+    embeds, negative = pipe.encode_prompt(prompts, "cpu", 2, True, negative_prompt="blurry")
+    assert embeds.shape == (4, 248, 32)
+    assert torch.equal(embeds[0], embeds[1]) and torch.equal(embeds[2], embeds[3])
+    from_text = generate(pipe, prompts, negative_prompt="blurry")
+    from_embeds = generate(pipe, None, prompt_embeds=embeds[::2], negative_prompt_embeds=negative[::2])
+    assert np.array_equal(from_text, from_embeds)
+    given = pipe.encode_prompt(None, "cpu", 1, True, prompt_embeds=embeds[::2], negative_prompt="blurry")
+    assert torch.equal(given[1], negative[::2])  # the negative is encoded to the given embeds' length
+
+
+def test_save_and_load_round_trip(pipe, tmp_path):
+    pipe.register_to_config(max_prompt_windows=3)
+    try:
+        pipe.save_pretrained(tmp_path / "pipe")
+    finally:
+        pipe.register_to_config(max_prompt_windows=None)
+    index = json.loads((tmp_path / "pipe/model_index.json").read_text())
+    assert index["_class_name"] == "LongCLIPStableDiffusionPipeline" and index["max_prompt_windows"] == 3
+    reloaded = LongCLIPStableDiffusionPipeline.from_pretrained(tmp_path / "pipe")
+    assert reloaded.config.max_prompt_windows == 3 and reloaded.config.prompt_weighting
+    assert torch.equal(encode(reloaded, HEAD + TAIL_A)[0], encode(pipe, HEAD + TAIL_A)[0])
+
+
+def test_loads_as_a_diffusers_custom_pipeline(tiny_components, pipe):
+    loaded = DiffusionPipeline.from_pretrained(
+        tiny_components / "sd15",
+        custom_pipeline=str(SD_PIPELINE_DIR),
+        trust_remote_code=True,  # our own pipeline file, loaded the way diffusers loads community pipelines
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+    )
+    assert type(loaded).__name__ == "LongCLIPStableDiffusionPipeline"
+    assert torch.equal(encode(loaded, HEAD + TAIL_A)[0], encode(pipe, HEAD + TAIL_A)[0])
+
+
+def test_prompt_weighting_can_be_switched_off(pipe):
+    weighted, _ = encode(pipe, "a (red:1.4) boat")
+    plain, _ = encode(pipe, "a red boat")
+    off = LongCLIPStableDiffusionPipeline.from_pipe(pipe, prompt_weighting=False)
+    literal, _ = encode(off, "a (red:1.4) boat")
+    assert not torch.equal(weighted, plain)
+    assert not torch.allclose(literal, plain)  # the brackets are read as text
+    assert torch.equal(encode(off, "a red boat")[0], plain)
+
+
+def test_textual_inversion_tokens(pipe, tmp_path):
+    ours = LongCLIPStableDiffusionPipeline.from_pipe(pipe)
+    embedding = torch.randn(2, 32)
+    torch.save({"<lighthouse-style>": embedding}, tmp_path / "embedding.bin")
+    ours.load_textual_inversion(str(tmp_path / "embedding.bin"), token="<lighthouse-style>")
+    try:
+        with_token, _ = encode(ours, "a cliff in <lighthouse-style>")
+        without, _ = encode(ours, "a cliff in")
+        assert not torch.allclose(with_token[:, 4:6], without[:, 4:6])
+    finally:
+        ours.unload_textual_inversion()
+
+
+def test_callbacks_run_every_step(pipe):
+    steps = []
+    generate(pipe, "a lighthouse", callback_on_step_end=lambda p, i, t, kw: steps.append(i) or kw)
+    assert steps == list(range(len(pipe.scheduler.timesteps))) and len(steps) >= 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"prompt": 42}, (TypeError, ValueError), "prompt"),
+        ({"prompt": ["a", 3]}, TypeError, "list of int, str"),
+        ({"prompt": ["a", "b"], "negative_prompt": ["x", "y", "z"]}, ValueError, "has 3 prompts but `prompt` has 2"),
+    ],
+)
+def test_bad_input_is_refused_before_any_compute(pipe, kwargs, error, message, monkeypatch):
+    monkeypatch.setattr(pipe.unet, "forward", lambda *a, **k: pytest.fail("the UNet ran"))
+    with pytest.raises(error, match=message):
+        pipe(num_inference_steps=1, output_type="np", **kwargs)
+
+
+def test_a_tokenizer_that_does_not_fit_the_encoder_is_refused(pipe, stock):
+    with pytest.raises(ValueError, match="tokenizer reads 77 tokens but the text encoder has 248 positions"):
+        LongCLIPStableDiffusionPipeline.from_pipe(
+            stock, text_encoder=pipe.text_encoder, tokenizer=tiny_clip_tokenizer()
+        )

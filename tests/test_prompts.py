@@ -1,0 +1,178 @@
+"""Long-prompt encoding: weighting syntax, windows, and the two ways of reading SDXL's bigG."""
+
+import logging
+
+import pytest
+import torch
+
+from longclip_diffusers.prompts import (
+    BREAK,
+    TextEncoderSpec,
+    as_prompt_list,
+    encode_prompts,
+    encode_windows_chunked,
+    encode_windows_direct,
+    negative_prompt_list,
+    parse_weighted_prompt,
+    stretched_view,
+    tokenize_windows,
+)
+from longclip_diffusers.tokenizer import LongCLIPTokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return LongCLIPTokenizer.from_clip_bpe()
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [
+        ("a red cat", [("a red cat", 1.0)]),
+        ("a (red) cat", [("a ", 1.0), ("red", 1.1), (" cat", 1.0)]),
+        ("a ((red)) cat", [("a ", 1.0), ("red", pytest.approx(1.21)), (" cat", 1.0)]),
+        ("a (red:1.5) cat", [("a ", 1.0), ("red", 1.5), (" cat", 1.0)]),
+        ("a ( red : 0.5 ) cat", [("a ", 1.0), (" red ", 0.5), (" cat", 1.0)]),
+        ("a [red] cat", [("a ", 1.0), ("red", pytest.approx(1 / 1.1)), (" cat", 1.0)]),
+        ("a ((red:1.5) cat)", [("a ", 1.0), ("red", pytest.approx(1.65)), (" cat", 1.1)]),
+        (r"a \(red\) cat", [("a (red) cat", 1.0)]),
+        ("a cat BREAK a dog", [("a cat", 1.0), (BREAK, -1.0), ("a dog", 1.0)]),
+        ("BREAKFAST at dawn", [("BREAKFAST at dawn", 1.0)]),
+        ("time: 5 pm", [("time: 5 pm", 1.0)]),
+        ("a (red cat", [("a ", 1.0), ("red cat", 1.1)]),
+        ("", [("", 1.0)]),
+    ],
+)
+def test_a1111_weighting_syntax(prompt, expected):
+    assert parse_weighted_prompt(prompt) == expected
+
+
+def test_brackets_never_reach_the_tokenizer(tokenizer):
+    weighted = tokenize_windows("a (red:1.3) [cat] on ((a mat))", tokenizer, 246)
+    plain = tokenize_windows("a red cat on a mat", tokenizer, 246)
+    assert weighted.token_ids == plain.token_ids
+    unparsed = tokenize_windows("a (red:1.3) cat", tokenizer, 246, weighting=False)
+    assert tokenizer.convert_tokens_to_ids("(</w>") in unparsed.token_ids[0] or "(" in tokenizer.decode(
+        unparsed.token_ids[0]
+    )
+
+
+def test_windows_hold_246_tokens_and_break_on_word_ends(tokenizer):
+    prompt = "an intricately ornamented lighthouse, " * 80
+    windows = tokenize_windows(prompt, tokenizer, 246)
+    all_ids = tokenizer(prompt, add_special_tokens=False, verbose=False).input_ids
+    assert [i for w in windows.token_ids for i in w] == all_ids  # nothing lost, nothing repeated
+    assert all(len(w) <= 246 for w in windows.token_ids) and len(windows.token_ids) == len(all_ids) // 246 + 1
+    for window in windows.token_ids[:-1]:
+        assert tokenizer.convert_ids_to_tokens(window[-1]).endswith("</w>")
+
+
+def test_break_starts_a_new_window(tokenizer):
+    windows = tokenize_windows("a cat BREAK a dog", tokenizer, 246)
+    assert [tokenizer.decode(w) for w in windows.token_ids] == ["a cat", "a dog"]
+
+
+def test_dropped_words_are_named_in_one_warning(tokenizer, caplog):
+    with caplog.at_level(logging.WARNING, logger="longclip_diffusers.prompts"):
+        windows = tokenize_windows("a cat BREAK a dog with a purple hat", tokenizer, 246, max_windows=1)
+    assert len(windows.token_ids) == 1
+    assert len(caplog.records) == 1 and "a dog with a purple hat" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: as_prompt_list(42), TypeError, "`prompt` must be a string or a list of strings, got int"),
+        (lambda: as_prompt_list(["a", 3]), TypeError, "got a list of int, str"),
+        (lambda: as_prompt_list([]), ValueError, "empty list"),
+        (lambda: negative_prompt_list(["a", "b"], 3), ValueError, "has 2 prompts but `prompt` has 3"),
+        (lambda: negative_prompt_list([None], 1), TypeError, "`negative_prompt` must be"),
+    ],
+)
+def test_bad_prompts_are_refused_with_clear_errors(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+@pytest.fixture(scope="module")
+def sdxl_parts(tiny_components):
+    from diffusers import StableDiffusionXLPipeline
+
+    from longclip_diffusers import LongCLIPTextEncoder
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_components / "sdxl")
+    long_l = LongCLIPTextEncoder.from_pretrained(tiny_components / "longclip-sdxl")
+    long_tokenizer = LongCLIPTokenizer.from_pretrained(tiny_components / "longclip-sdxl")
+    spec_l = TextEncoderSpec(long_l, long_tokenizer, -2, final_norm=False)
+    spec_g = TextEncoderSpec(pipe.text_encoder_2, pipe.tokenizer_2, -2, final_norm=False)
+    return spec_l, spec_g
+
+
+def test_chunked_bigg_rows_are_the_states_of_the_same_tokens(sdxl_parts, tokenizer):
+    _, spec_g = sdxl_parts
+    short = tokenizer("a lighthouse on a cliff at dusk", add_special_tokens=False).input_ids
+    chunked, chunked_pooled = encode_windows_chunked(spec_g, [short], 248)
+    direct, direct_pooled = encode_windows_direct(spec_g, [short], 77)
+    n = len(short)
+    assert chunked.shape == (1, 248, 32)
+    assert torch.equal(chunked[0, : n + 2], direct[0, : n + 2])  # BOS, tokens, EOS: one chunk, same states
+    assert torch.equal(chunked[0, n + 2 : 77], direct[0, n + 2 :])  # then the chunk's padding states
+    assert torch.equal(chunked_pooled, direct_pooled)
+
+    long = tokenizer("an old stone lighthouse, " * 30, add_special_tokens=False).input_ids[:200]
+    chunked, _ = encode_windows_chunked(spec_g, [long], 248)
+    second_chunk, _ = encode_windows_direct(spec_g, [long[75:150]], 77)
+    assert torch.equal(chunked[0, 76:151], second_chunk[0, 1:76])  # tokens 76..150 from the second chunk
+
+
+def test_stretch_strategy_shares_weights_and_leaves_the_encoder_alone(sdxl_parts):
+    _, spec_g = sdxl_parts
+    original_table = spec_g.text_encoder.text_model.embeddings.position_embedding.weight.clone()
+    view = stretched_view(spec_g.text_encoder, 248)
+    assert view.config.max_position_embeddings == 248
+    assert spec_g.text_encoder.config.max_position_embeddings == 77
+    assert torch.equal(spec_g.text_encoder.text_model.embeddings.position_embedding.weight, original_table)
+    shared = view.text_model.encoder.layers[0].mlp.fc1.weight
+    assert shared.data_ptr() == spec_g.text_encoder.text_model.encoder.layers[0].mlp.fc1.weight.data_ptr()
+
+
+@pytest.mark.parametrize("strategy", ["chunk", "stretch"])
+def test_the_tail_past_77_reaches_both_sdxl_halves(sdxl_parts, strategy):
+    head = "a lighthouse on a cliff at dusk, waves crashing on black rocks, " * 6
+    a, b = head + "a red boat in the bay", head + "a white ship in the bay"
+    conditioning, pooled = encode_prompts([a, b], sdxl_parts, strategy=strategy)
+    assert conditioning.shape == (2, 248, 64)
+    start = len(LongCLIPTokenizer.from_clip_bpe()(head).input_ids) - 1
+    assert start > 77
+    for half in (slice(0, 32), slice(32, 64)):  # CLIP-L, then bigG
+        assert torch.equal(conditioning[0, :start, half], conditioning[1, :start, half])
+        assert (conditioning[0, start:, half] - conditioning[1, start:, half]).abs().max() > 1e-4
+    if strategy == "stretch":  # the pooled vector reads the whole window
+        assert (pooled[0] - pooled[1]).abs().max() > 1e-4
+    else:  # the pooled vector is the first chunk's, which ends before the tail
+        assert torch.equal(pooled[0], pooled[1])
+
+
+def test_weight_one_encodes_exactly_like_no_weight(sdxl_parts):
+    plain, _ = encode_prompts(["a red cat on a mat"], sdxl_parts)
+    weighted, _ = encode_prompts(["a (red:1.0) cat on (a mat:1)"], sdxl_parts)
+    assert torch.equal(plain, weighted)
+
+
+def test_a_weight_scales_its_tokens_and_keeps_the_mean(sdxl_parts, tokenizer):
+    plain, _ = encode_prompts(["a red cat on a mat"], sdxl_parts)
+    weighted, _ = encode_prompts(["a (red:1.5) cat on a mat"], sdxl_parts)
+    red = 1 + tokenizer("a", add_special_tokens=False).input_ids.__len__()  # after BOS and "a"
+    for half in (slice(0, 32), slice(32, 64)):
+        ratio = weighted[0, :, half].norm(dim=-1) / plain[0, :, half].norm(dim=-1)
+        assert ratio[red] > 1.3 and ratio[red] == ratio.max()
+        torch.testing.assert_close(weighted[0, :, half].mean(), plain[0, :, half].mean(), atol=1e-6, rtol=1e-5)
+
+
+def test_prompts_past_248_tokens_get_more_windows_and_padding_for_the_rest(sdxl_parts):
+    long = "an old stone lighthouse with a red roof, " * 40  # about 400 tokens
+    conditioning, pooled = encode_prompts([long, "blurry"], sdxl_parts)
+    assert conditioning.shape == (2, 2 * 248, 64)
+    empty, _ = encode_prompts([""], sdxl_parts)
+    # the short prompt's second window is an empty prompt (equal up to batch-size rounding)
+    torch.testing.assert_close(conditioning[1, 248:], empty[0], atol=1e-5, rtol=0)
