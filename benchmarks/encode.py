@@ -160,7 +160,7 @@ def main() -> None:
         ),
         ("bare forward 1 x 248", timings["forward_248"], 248, 248, 1),
         (f"bare forward {chunks} x 77", timings["forward_chunks_77"], chunks * 77, chunks * 77, chunks),
-        ("compel prompt parse only", timings["compel_parse"], 0, 0, 0),
+        ("compel prompt parse only", timings["compel_parse"], "-", "-", "-"),
     ]
     print(f"\n{'encoding':<24}{'median ms':>10}{'cond tokens':>13}{'fwd tokens':>12}{'fwd calls':>11}")
     for name, ms, cond, forward, calls in rows:

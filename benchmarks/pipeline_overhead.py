@@ -97,7 +97,8 @@ PIPELINE_PROMPT = (
     "books and a brass reading lamp with a warm amber glow, raindrops streaking down a tall leaded window, misty "
     "hills and bare trees outside, a sleeping ginger cat curled on a faded persian rug, dried flowers in a clay "
     "vase, soft diffused daylight mixed with lamplight, shallow depth of field, film photography, kodak portra "
-    "400, gentle grain, warm earthy palette, highly detailed, peaceful and nostalgic atmosphere"
+    "400, gentle grain, warm earthy palette, highly detailed, a wool scarf hanging from a coat hook by the door, "
+    "a crackling fire in a small iron stove, peaceful and nostalgic atmosphere"
 )
 NEGATIVE_PROMPT = "blurry, low quality, oversaturated, distorted, watermark, text"
 
@@ -264,10 +265,10 @@ def interleaved_medians(functions: dict[str, Callable[[], object]], repeats: int
 def time_pipelines(repeats: int, steps: int) -> dict[str, float | int]:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import logging as diffusers_logging
-    from longclip_diffusers.pipelines import LongCLIPStableDiffusionPipeline, LongCLIPStableDiffusionXLPipeline
     from transformers.utils import logging as transformers_logging
 
     from longclip_diffusers import LongCLIPTextEncoder, LongCLIPTokenizer
+    from longclip_diffusers.pipelines import LongCLIPStableDiffusionPipeline, LongCLIPStableDiffusionXLPipeline
     from longclip_diffusers.tiny import write_tiny_components
 
     diffusers_logging.set_verbosity_error()  # the stock pipelines warn that they truncate the prompt

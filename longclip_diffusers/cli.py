@@ -69,6 +69,26 @@ def build_parser() -> argparse.ArgumentParser:
     stretch_parser.add_argument("--keep", type=int, default=DEFAULT_KEEP, help="rows kept as they are (default 20)")
     stretch_parser.add_argument("--ratio", type=int, default=DEFAULT_RATIO, help="stretch factor (default 4)")
 
+    generate_parser = commands.add_parser(
+        "generate", help="generate with Long-CLIP (and, with --compare, beside vanilla CLIP on the same seed)"
+    )
+    generate_parser.add_argument("--pipeline", required=True, help="SD 1.x/2.x or SDXL pipeline: Hub id or folder")
+    generate_parser.add_argument("--long-encoder", required=True, help="Long-CLIP checkpoint (any SRC above)")
+    generate_parser.add_argument("--prompt", required=True)
+    generate_parser.add_argument("--negative", help="negative prompt")
+    generate_parser.add_argument("--steps", type=int, default=30)
+    generate_parser.add_argument("--seed", type=int, default=0)
+    generate_parser.add_argument("--guidance", type=float, help="guidance scale (default: the pipeline's)")
+    generate_parser.add_argument("--width", type=int)
+    generate_parser.add_argument("--height", type=int)
+    generate_parser.add_argument(
+        "--strategy", choices=("chunk", "stretch"), default="chunk", help="SDXL: how bigG reads long prompts"
+    )
+    generate_parser.add_argument(
+        "--compare", action="store_true", help="write a grid: vanilla CLIP | Long-CLIP, same seed, captioned"
+    )
+    generate_parser.add_argument("--out", required=True, help="image file to write (.png, .jpg, ...)")
+
     tiny_parser = commands.add_parser("tiny", help="write tiny random pipelines and Long-CLIP encoders (offline)")
     tiny_parser.add_argument("out", metavar="OUT", help="output folder")
     tiny_parser.add_argument("--seed", type=int, default=0)
@@ -83,6 +103,8 @@ def run(args: argparse.Namespace) -> str:
 
         out = write_tiny_components(args.out, seed=args.seed, overwrite=args.overwrite)
         return f"wrote tiny components to {out}: sd15/, sdxl/, longclip-sd15/, longclip-sdxl/"
+    if args.command == "generate":
+        return _generate(args)
     out = convert(
         args.source,
         args.out,
@@ -97,6 +119,23 @@ def run(args: argparse.Namespace) -> str:
         overwrite=args.overwrite,
     )
     return f"wrote {out} ({args.to} layout)"
+
+
+def _generate(args: argparse.Namespace) -> str:
+    # The one place the library reaches into its pipelines: the command line is their front end too.
+    from longclip_diffusers.pipelines import generate as generation
+
+    if args.steps < 1:
+        raise ValueError(f"--steps {args.steps}: give at least 1 step.")
+    pair = generation.load_pipelines(args.pipeline, args.long_encoder, strategy=args.strategy)
+    options = dict(steps=args.steps, seed=args.seed, guidance_scale=args.guidance, width=args.width, height=args.height)
+    if args.compare:
+        image = generation.compare(pair, args.prompt, args.negative, **options)
+    else:
+        image = generation.generate(pair.long, args.prompt, args.negative, **options)
+    out = generation.save_image(image, args.out)
+    tokens = generation.count_tokens(pair.long, args.prompt)
+    return f"wrote {out} ({tokens} prompt tokens{', vanilla CLIP | Long-CLIP' if args.compare else ''})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -107,3 +107,15 @@ def tiny_components(tmp_path_factory):
     from longclip_diffusers.tiny import write_tiny_components
 
     return write_tiny_components(tmp_path_factory.mktemp("tiny") / "components")
+
+
+@pytest.fixture(scope="session")
+def long_parts(tiny_components):
+    """Loads (text encoder, tokenizer) of the tiny Long-CLIP for "sd15" or "sdxl"."""
+    from longclip_diffusers import LongCLIPTextEncoder, LongCLIPTokenizer
+
+    def load(base: str):
+        folder = tiny_components / f"longclip-{base}"
+        return LongCLIPTextEncoder.from_pretrained(folder), LongCLIPTokenizer.from_pretrained(folder)
+
+    return load

@@ -1,14 +1,15 @@
 """LongCLIPStableDiffusionPipeline on the tiny SD 1.5 components: generations, equality with stock, features."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import HEAD, PAST_248, TAIL_A, TAIL_B, generate
 from diffusers import DiffusionPipeline, StableDiffusionPipeline
-from longclip_diffusers.pipelines import SD_PIPELINE_DIR, LongCLIPStableDiffusionPipeline
+from long_prompts import HEAD, PAST_248, TAIL_A, TAIL_B, generate
 
+from longclip_diffusers.pipelines import SD_PIPELINE_DIR, LongCLIPStableDiffusionPipeline
 from longclip_diffusers.tiny import tiny_clip_tokenizer
 
 
@@ -95,7 +96,10 @@ def test_save_and_load_round_trip(pipe, tmp_path):
     assert torch.equal(encode(reloaded, HEAD + TAIL_A)[0], encode(pipe, HEAD + TAIL_A)[0])
 
 
-def test_loads_as_a_diffusers_custom_pipeline(tiny_components, pipe):
+def test_loads_as_a_diffusers_custom_pipeline(tiny_components, pipe, monkeypatch):
+    # diffusers imports every local custom pipeline as `diffusers_modules.local.pipeline`; a second, different
+    # one in the same process would land in the first one's module (a diffusers limitation, not ours).
+    monkeypatch.delitem(sys.modules, "diffusers_modules.local.pipeline", raising=False)
     loaded = DiffusionPipeline.from_pretrained(
         tiny_components / "sd15",
         custom_pipeline=str(SD_PIPELINE_DIR),

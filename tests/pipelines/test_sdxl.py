@@ -1,15 +1,16 @@
 """LongCLIPStableDiffusionXLPipeline on the tiny SDXL components: both bigG strategies, equality with stock."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import HEAD, PAST_248, TAIL_A, TAIL_B, generate
 from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
-from longclip_diffusers.pipelines import SDXL_PIPELINE_DIR, LongCLIPStableDiffusionXLPipeline
+from long_prompts import HEAD, PAST_248, TAIL_A, TAIL_B, generate
 
 from longclip_diffusers import LongCLIPTextEncoder, LongCLIPTokenizer, convert
+from longclip_diffusers.pipelines import SDXL_PIPELINE_DIR, LongCLIPStableDiffusionXLPipeline
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,10 @@ def test_weighting_applies_to_both_halves(pipe):
         assert ratio.argmax() == 2 and ratio[2] > 1.3  # BOS, "a", "red"
 
 
-def test_save_load_and_custom_pipeline(pipe, tmp_path, tiny_components):
+def test_save_load_and_custom_pipeline(pipe, tmp_path, tiny_components, monkeypatch):
+    # diffusers imports every local custom pipeline as `diffusers_modules.local.pipeline`; a second, different
+    # one in the same process would land in the first one's module (a diffusers limitation, not ours).
+    monkeypatch.delitem(sys.modules, "diffusers_modules.local.pipeline", raising=False)
     ours = LongCLIPStableDiffusionXLPipeline.from_pipe(pipe, long_prompt_strategy="stretch")
     ours.save_pretrained(tmp_path / "pipe")
     index = json.loads((tmp_path / "pipe/model_index.json").read_text())

@@ -1,8 +1,4 @@
-"""Pipelines built from the tiny components (`longclip tiny`), once per module."""
-
-import pytest
-
-from longclip_diffusers import LongCLIPTextEncoder, LongCLIPTokenizer
+"""Long prompts and a generation helper shared by the pipeline tests."""
 
 HEAD = (
     "A highly detailed oil painting of an old stone lighthouse standing on a rugged cliff at dusk, waves crashing "
@@ -13,15 +9,6 @@ HEAD = (
 TAIL_A = " a red fishing boat with patched sails rocks gently at anchor."
 TAIL_B = " a white steamship with tall funnels waits at the quay."
 PAST_248 = " Far away, " + "a village of white houses with blue doors, " * 22  # pushes the prompt past 248
-
-
-@pytest.fixture(scope="module")
-def long_parts(tiny_components):
-    def load(base: str):
-        folder = tiny_components / f"longclip-{base}"
-        return LongCLIPTextEncoder.from_pretrained(folder), LongCLIPTokenizer.from_pretrained(folder)
-
-    return load
 
 
 def generate(pipe, prompt, **kwargs):
