@@ -383,7 +383,17 @@ def _is_openai_layout(sd: dict[str, torch.Tensor]) -> bool:
 
 
 def _load_weights_file(path: Path, model_cfg: dict | None = None) -> Checkpoint:
-    sd = read_state_dict(path)
+    return checkpoint_from_state_dict(read_state_dict(path), model_cfg, path)
+
+
+def checkpoint_from_state_dict(
+    sd: dict[str, torch.Tensor], model_cfg: dict | None = None, path: str | os.PathLike = "<state dict>"
+) -> Checkpoint:
+    """A Checkpoint from an in-memory state dict (OpenAI / open_clip or Hugging Face layout).
+
+    `model_cfg` is the open_clip model config (heads, activation); without it OpenAI conventions apply.
+    """
+    path = Path(path)
     if _is_openai_layout(sd):
         sd = openai_to_canonical(sd)
         _require_text_tower(sd, path)

@@ -7,9 +7,15 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, PreTrainedTokenizerBase
+from transformers import (
+    CLIPModel,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    PreTrainedTokenizerBase,
+)
 
-from .formats import Checkpoint, CheckpointError, load_checkpoint, write_text_encoder
+from .formats import Checkpoint, CheckpointError, load_checkpoint, write_clip_model, write_text_encoder
 from .stretch import CLIP_POSITIONS
 
 
@@ -50,6 +56,16 @@ def build_text_model(
     with tempfile.TemporaryDirectory(prefix="longclip-") as tmp:
         write_text_encoder(checkpoint, Path(tmp), with_projection, dtype)
         model = model_class.from_pretrained(tmp)
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.eval()
+
+
+def build_clip_model(checkpoint: Checkpoint, dtype: torch.dtype | None = None) -> CLIPModel:
+    """Instantiate a full `CLIPModel` (text and vision towers) through transformers' own `from_pretrained`."""
+    with tempfile.TemporaryDirectory(prefix="longclip-") as tmp:
+        write_clip_model(checkpoint, Path(tmp), dtype)
+        model = CLIPModel.from_pretrained(tmp)
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()
