@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate_parser.add_argument("--out", required=True, help="image file to write (.png, .jpg, ...)")
 
+    from longclip_diffusers.training.train import add_train_arguments
+
+    add_train_arguments(
+        commands.add_parser("train", help="fine-tune a Long-CLIP (stretching + primary component matching)")
+    )
+
     tiny_parser = commands.add_parser("tiny", help="write tiny random pipelines and Long-CLIP encoders (offline)")
     tiny_parser.add_argument("out", metavar="OUT", help="output folder")
     tiny_parser.add_argument("--seed", type=int, default=0)
@@ -105,6 +111,10 @@ def run(args: argparse.Namespace) -> str:
         return f"wrote tiny components to {out}: sd15/, sdxl/, longclip-sd15/, longclip-sdxl/"
     if args.command == "generate":
         return _generate(args)
+    if args.command == "train":
+        from longclip_diffusers.training.train import run_train
+
+        return run_train(args)
     out = convert(
         args.source,
         args.out,

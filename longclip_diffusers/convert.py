@@ -47,8 +47,9 @@ def stretch_checkpoint(checkpoint: Checkpoint, keep: int = DEFAULT_KEEP, ratio: 
 
 def tokenizer_for(checkpoint: Checkpoint, pad_token: str | None = None) -> LongCLIPTokenizer:
     """The tokenizer to ship beside `checkpoint`: the source's own files if it has them, else CLIP's BPE."""
+    source = checkpoint.source if Path(checkpoint.source).exists() else None  # None: an in-memory state dict
     tokenizer = LongCLIPTokenizer.from_pretrained(
-        checkpoint.source, model_max_length=checkpoint.num_positions, pad_token=pad_token
+        source, model_max_length=checkpoint.num_positions, pad_token=pad_token
     )
     check_pair(tokenizer, checkpoint.text_config, checkpoint.source)
     return tokenizer

@@ -254,6 +254,44 @@ def openai_to_canonical(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def canonical_to_openai(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of `openai_to_canonical`: canonical keys back to the OpenAI / open_clip `CLIP` layout."""
+    out: dict[str, torch.Tensor] = {
+        "token_embedding.weight": sd["text_model.embeddings.token_embedding.weight"],
+        "positional_embedding": sd["text_model.embeddings.position_embedding.weight"],
+        "ln_final.weight": sd["text_model.final_layer_norm.weight"],
+        "ln_final.bias": sd["text_model.final_layer_norm.bias"],
+    }
+    towers = [("text_model.encoder.layers", "transformer.resblocks")]
+    if "text_projection.weight" in sd:
+        out["text_projection"] = sd["text_projection.weight"].t()
+    if "logit_scale" in sd:
+        out["logit_scale"] = sd["logit_scale"]
+    if "vision_model.embeddings.class_embedding" in sd:
+        out.update(
+            {
+                "visual.class_embedding": sd["vision_model.embeddings.class_embedding"],
+                "visual.conv1.weight": sd["vision_model.embeddings.patch_embedding.weight"],
+                "visual.positional_embedding": sd["vision_model.embeddings.position_embedding.weight"],
+                "visual.ln_pre.weight": sd["vision_model.pre_layrnorm.weight"],
+                "visual.ln_pre.bias": sd["vision_model.pre_layrnorm.bias"],
+                "visual.ln_post.weight": sd["vision_model.post_layernorm.weight"],
+                "visual.ln_post.bias": sd["vision_model.post_layernorm.bias"],
+                "visual.proj": sd["visual_projection.weight"].t(),
+            }
+        )
+        towers.append(("vision_model.encoder.layers", "visual.transformer.resblocks"))
+    for prefix_in, prefix_out in towers:
+        for i in range(_count_blocks(sd, f"{prefix_in}.")):
+            block_in, block_out = f"{prefix_in}.{i}", f"{prefix_out}.{i}"
+            for kind in ("weight", "bias"):
+                projections = [sd[f"{block_in}.self_attn.{name}_proj.{kind}"] for name in "qkv"]
+                out[f"{block_out}.attn.in_proj_{kind}"] = torch.cat(projections, dim=0)
+                for old, new in _OPENAI_BLOCK_RENAMES.items():
+                    out[f"{block_out}.{old}.{kind}"] = sd[f"{block_in}.{new}.{kind}"]
+    return out
+
+
 def _configs_from_openai(
     sd: dict[str, torch.Tensor], model_cfg: dict | None
 ) -> tuple[CLIPTextConfig, CLIPVisionConfig | None, int | None]:
