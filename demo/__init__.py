@@ -1,1 +1,1 @@
-"""Long-CLIP demo (filled in by its own issue; see the README)."""
+"""The Gradio demo: vanilla CLIP and Long-CLIP side by side on the same seed (`longclip demo`)."""

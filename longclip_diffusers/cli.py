@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
         commands.add_parser("train", help="fine-tune a Long-CLIP (stretching + primary component matching)")
     )
 
+    from longclip_diffusers.demo.app import add_demo_arguments
+
+    add_demo_arguments(commands.add_parser("demo", help="the Gradio app: vanilla CLIP | Long-CLIP, same seed"))
+
     tiny_parser = commands.add_parser("tiny", help="write tiny random pipelines and Long-CLIP encoders (offline)")
     tiny_parser.add_argument("out", metavar="OUT", help="output folder")
     tiny_parser.add_argument("--seed", type=int, default=0)
@@ -111,6 +115,10 @@ def run(args: argparse.Namespace) -> str:
         return f"wrote tiny components to {out}: sd15/, sdxl/, longclip-sd15/, longclip-sdxl/"
     if args.command == "generate":
         return _generate(args)
+    if args.command == "demo":
+        from longclip_diffusers.demo.app import run_demo
+
+        return run_demo(args)
     if args.command == "train":
         from longclip_diffusers.training.train import run_train
 

@@ -67,8 +67,9 @@ def load_pipelines(
         )
     else:
         long = LongCLIPStableDiffusionPipeline.from_pipe(stock, text_encoder=text_encoder, tokenizer=tokenizer)
-    stock.to(device, dtype)
-    long.to(device, dtype)
+    if (device, dtype) != ("cpu", torch.float32):  # models load on the CPU in float32
+        stock.to(device, dtype)  # the Long-CLIP pipeline shares these modules
+        long.text_encoder.to(device, dtype)
     return PipelinePair(stock, long)
 
 

@@ -8,3 +8,11 @@ cd "$(dirname "$0")/.."
 # transformers 4.x beside the main install (not on the import path): the tests load what we save with it.
 [ -d .venv/transformers4/transformers ] || .venv/bin/pip install -q --no-deps --target .venv/transformers4 \
     "transformers==4.57.3" "tokenizers==0.22.1" "huggingface_hub==0.36.0"
+# Debian's Chromium for the browser tests (Playwright drives it; no browser download).
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "note: install Chromium (Debian: apt-get install chromium) for the browser tests" >&2
+    fi
+fi
