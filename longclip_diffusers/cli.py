@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         commands.add_parser("train", help="fine-tune a Long-CLIP (stretching + primary component matching)")
     )
 
+    from longclip_diffusers.training.evaluate import add_eval_arguments
+
+    add_eval_arguments(
+        commands.add_parser("eval", help="retrieval R@1/5/10 and zero-shot accuracy on long-caption benchmarks")
+    )
+
     from longclip_diffusers.demo.app import add_demo_arguments
 
     add_demo_arguments(commands.add_parser("demo", help="the Gradio app: vanilla CLIP | Long-CLIP, same seed"))
@@ -119,6 +125,10 @@ def run(args: argparse.Namespace) -> str:
         from longclip_diffusers.demo.app import run_demo
 
         return run_demo(args)
+    if args.command == "eval":
+        from longclip_diffusers.training.evaluate import run_eval
+
+        return run_eval(args)
     if args.command == "train":
         from longclip_diffusers.training.train import run_train
 
