@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         commands.add_parser("train", help="fine-tune a Long-CLIP (stretching + primary component matching)")
     )
 
+    from .comfy_export import add_comfy_export_arguments
+
+    add_comfy_export_arguments(
+        commands.add_parser("comfy-export", help="write the ComfyUI custom nodes and Long-CLIP text encoder files")
+    )
+
     from longclip_diffusers.training.evaluate import add_eval_arguments
 
     add_eval_arguments(
@@ -125,6 +131,10 @@ def run(args: argparse.Namespace) -> str:
         from longclip_diffusers.demo.app import run_demo
 
         return run_demo(args)
+    if args.command == "comfy-export":
+        from .comfy_export import run_comfy_export
+
+        return run_comfy_export(args)
     if args.command == "eval":
         from longclip_diffusers.training.evaluate import run_eval
 

@@ -432,6 +432,14 @@ def checkpoint_from_state_dict(
     `model_cfg` is the open_clip model config (heads, activation); without it OpenAI conventions apply.
     """
     path = Path(path)
+    if model_cfg is None and (name := infer_open_clip_model(sd)):
+        import open_clip  # slow to import: only for the towers that need it
+
+        model_cfg = open_clip.get_model_config(name)
+    if "text_projection" in sd and any(key.startswith("text_model.") for key in sd):
+        # Hugging Face keys with a [width, projection] matrix: saved by ComfyUI's old CLIPSave node
+        sd = {("text_projection.weight" if k == "text_projection" else k): v for k, v in sd.items()}
+        sd["text_projection.weight"] = sd["text_projection.weight"].t()
     if _is_openai_layout(sd):
         sd = openai_to_canonical(sd)
         _require_text_tower(sd, path)
@@ -443,6 +451,22 @@ def checkpoint_from_state_dict(
     # A bare Hugging Face-layout file (ComfyUI text encoder): the shapes say all but heads and activation.
     text_config, _, projection_dim = _configs_from_openai(sd, model_cfg)
     return Checkpoint(sd, text_config, None, projection_dim, str(path))
+
+
+# Weights-only files carry no config. OpenAI's conventions (64-wide heads, QuickGELU) fit CLIP-L and the
+# published Long-CLIPs; OpenCLIP-bigG (SDXL) and -H (SD 2.x) use GELU: told apart by depth, as ComfyUI does.
+_OPEN_CLIP_TEXT_TOWERS = {32: "ViT-bigG-14", 24: "ViT-H-14"}
+
+
+def infer_open_clip_model(sd: dict[str, torch.Tensor]) -> str | None:
+    """The open_clip architecture of a config-less text tower that does not follow OpenAI's conventions."""
+    depth = max(
+        _count_blocks(sd, "transformer.resblocks."),
+        _count_blocks(sd, "text.transformer.resblocks."),
+        _count_blocks(sd, "text_model.encoder.layers."),
+        _count_blocks(sd, "encoder.layers."),
+    )
+    return _OPEN_CLIP_TEXT_TOWERS.get(depth)
 
 
 def _single_weights_file(folder: Path) -> Path | None:

@@ -259,6 +259,18 @@ class TextEncoderSpec:
         return self.text_encoder.config.max_position_embeddings
 
 
+def sd_text_spec(text_encoder: nn.Module, tokenizer: PreTrainedTokenizerBase, clip_skip: int | None) -> TextEncoderSpec:
+    """SD 1.x/2.x conditioning: the last layer after the final layer norm, `clip_skip` layers earlier."""
+    return TextEncoderSpec(text_encoder, tokenizer, hidden_layer=-1 - (clip_skip or 0), final_norm=True)
+
+
+def sdxl_text_spec(
+    text_encoder: nn.Module, tokenizer: PreTrainedTokenizerBase, clip_skip: int | None
+) -> TextEncoderSpec:
+    """SDXL conditioning: the penultimate layer without the final layer norm, `clip_skip` layers earlier."""
+    return TextEncoderSpec(text_encoder, tokenizer, hidden_layer=-2 - (clip_skip or 0), final_norm=False)
+
+
 def final_layer_norm(text_encoder: nn.Module) -> nn.Module:
     """The final layer norm of a CLIP text encoder (transformers 5 flattened `CLIPTextModel`; 4.x nests it)."""
     return getattr(text_encoder, "text_model", text_encoder).final_layer_norm
@@ -347,7 +359,10 @@ def apply_weights(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """A1111 emphasis: scale each token's state [T, D] by its weight [T], then restore the original mean."""
     states = hidden.float()
     weighted = states * weights.float().unsqueeze(-1)
-    return (weighted * (states.mean() / weighted.mean())).to(hidden.dtype)
+    weighted_mean = weighted.mean()
+    if weighted_mean.abs() < 1e-6:  # a zero-mean tower: there is no mean to restore (and no division by 0)
+        return weighted.to(hidden.dtype)
+    return (weighted * (states.mean() / weighted_mean)).to(hidden.dtype)
 
 
 def _weights_tensor(windows: PromptWindows, length: int) -> torch.Tensor:

@@ -14,12 +14,12 @@ from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_la
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from longclip_diffusers.prompts import (
-    TextEncoderSpec,
     as_prompt_list,
     encode_prompts,
     has_added_tokens,
     negative_prompt_list,
     repeat_per_image,
+    sd_text_spec,
     windows_in,
 )
 from longclip_diffusers.text_encoder import check_pair
@@ -114,7 +114,7 @@ class LongCLIPStableDiffusionPipeline(StableDiffusionPipeline):
                 texts = self.maybe_convert_prompt(texts, self.tokenizer)  # multi-vector textual-inversion tokens
             window = self.tokenizer.model_max_length
             given = prompt_embeds if prompt_embeds is not None else negative_prompt_embeds
-            spec = TextEncoderSpec(self.text_encoder, self.tokenizer, hidden_layer=-1 - (clip_skip or 0))
+            spec = sd_text_spec(self.text_encoder, self.tokenizer, clip_skip)
             embeds, _ = encode_prompts(
                 texts,
                 [spec],

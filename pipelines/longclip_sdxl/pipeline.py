@@ -26,6 +26,7 @@ from longclip_diffusers.prompts import (
     has_added_tokens,
     negative_prompt_list,
     repeat_per_image,
+    sdxl_text_spec,
     windows_in,
 )
 from longclip_diffusers.text_encoder import check_pair
@@ -96,9 +97,8 @@ class LongCLIPStableDiffusionXLPipeline(StableDiffusionXLPipeline):
 
     def _text_specs(self, clip_skip: int | None) -> list[TextEncoderSpec]:
         """SDXL reads the penultimate layer (one more per `clip_skip`), without the final layer norm."""
-        hidden_layer = -2 - (clip_skip or 0)
         pairs = [(self.text_encoder, self.tokenizer), (self.text_encoder_2, self.tokenizer_2)]
-        return [TextEncoderSpec(te, tok, hidden_layer, final_norm=False) for te, tok in pairs if te is not None]
+        return [sdxl_text_spec(te, tok, clip_skip) for te, tok in pairs if te is not None]
 
     def _check_text_components(self) -> None:
         for names in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")):

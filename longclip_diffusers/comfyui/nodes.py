@@ -1,0 +1,220 @@
+"""ComfyUI nodes (category "Long-CLIP"): load Long-CLIP encoders, encode SD 1.5 / SDXL prompts past 248 tokens.
+
+The classes follow ComfyUI's node contract (`INPUT_TYPES`, `RETURN_TYPES`, `FUNCTION`, `CATEGORY`) and import
+nothing from ComfyUI at import time; see `host` for what they take from it when they run inside it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..prompts import SDXL_STRATEGIES
+from ..stretch import DEFAULT_KEEP, DEFAULT_RATIO
+from . import host
+from .conditioning import encode_sd, encode_sdxl
+from .encoders import CLIP_TYPES, LongCLIP, load_long_clip, long_clip_from_comfy_clip
+
+CATEGORY = "Long-CLIP"
+LONGCLIP = "LONGCLIP"  # the socket type of a LongCLIP object
+MAX_RESOLUTION = 16384  # ComfyUI's nodes.MAX_RESOLUTION
+
+_TEXT = ("STRING", {"multiline": True, "dynamicPrompts": True, "tooltip": "The prompt; A1111 weighting, BREAK."})
+_OPTIONS = {
+    "clip_skip": ("INT", {"default": 0, "min": 0, "max": 12, "tooltip": "Read this many layers earlier."}),
+    "weighting": (
+        "BOOLEAN",
+        {"default": True, "tooltip": "Parse (word), (word:1.3), [word], \\( and BREAK, as A1111 and the pipelines."},
+    ),
+    "max_windows": (
+        "INT",
+        {"default": 0, "min": 0, "max": 64, "tooltip": "Drop prompt text past this many 248-token windows (0: all)."},
+    ),
+}
+
+
+def _size(default: int) -> tuple[str, dict[str, Any]]:
+    return ("INT", {"default": default, "min": 0, "max": MAX_RESOLUTION})
+
+
+class LongCLIPLoader:
+    """Load a Long-CLIP-L (clip_l) or SDXL's OpenCLIP-bigG (clip_g) from ComfyUI's text encoder folders."""
+
+    CATEGORY = CATEGORY
+    DESCRIPTION = (
+        "Loads a text encoder from models/text_encoders (or models/clip): a single file (ComfyUI layout, or a "
+        "published Long-CLIP .pt) or any file of a Hugging Face / diffusers / open_clip folder."
+    )
+    RETURN_TYPES = (LONGCLIP,)
+    RETURN_NAMES = ("long_clip",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:
+        return {
+            "required": {
+                "text_encoder": (host.text_encoder_names(), {"tooltip": "A file in models/text_encoders."}),
+                "clip_type": (
+                    list(CLIP_TYPES),
+                    {
+                        "default": "clip_l",
+                        "tooltip": "clip_l: a Long-CLIP-L (SD 1.5, and SDXL's first encoder). clip_g: SDXL's "
+                        "OpenCLIP-bigG (77 positions are fine), for the SDXL node's clip_g input.",
+                    },
+                ),
+            }
+        }
+
+    def load(self, text_encoder: str, clip_type: str) -> tuple[LongCLIP]:
+        path = host.model_path(text_encoder)
+        return (load_long_clip(path, clip_type, dtype=host.model_dtype(), device=host.offload_device()),)
+
+
+class LongCLIPTextEncode:
+    """SD 1.x conditioning from a prompt of any length: 248-token windows, A1111 weighting."""
+
+    CATEGORY = CATEGORY
+    DESCRIPTION = (
+        "Encodes a prompt for SD 1.x with a Long-CLIP-L: 248 tokens per window, longer prompts in more windows, "
+        "the same conditioning as LongCLIPStableDiffusionPipeline."
+    )
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:
+        return {"required": {"long_clip": (LONGCLIP, {}), "text": _TEXT}, "optional": dict(_OPTIONS)}
+
+    def encode(
+        self, long_clip: LongCLIP, text: str, clip_skip: int = 0, weighting: bool = True, max_windows: int = 0
+    ) -> tuple[list]:
+        cond, pooled = encode_sd(long_clip, text, clip_skip=clip_skip, weighting=weighting, max_windows=max_windows)
+        return ([[cond, {"pooled_output": pooled}]],)
+
+
+class LongCLIPTextEncodeSDXL:
+    """SDXL conditioning from a prompt of any length: Long-CLIP-L plus OpenCLIP-bigG, chunked or stretched."""
+
+    CATEGORY = CATEGORY
+    DESCRIPTION = (
+        "Encodes a prompt for SDXL: Long-CLIP-L and bigG read the same 248-token windows; bigG, trained on 77, "
+        "reads them in 77-token chunks (chunk) or stretched without training (stretch). The same conditioning "
+        "as LongCLIPStableDiffusionXLPipeline."
+    )
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:
+        return {
+            "required": {
+                "long_clip": (LONGCLIP, {"tooltip": "A Long-CLIP-L, loaded as clip_l."}),
+                "clip_g": (LONGCLIP, {"tooltip": "SDXL's OpenCLIP-bigG, loaded as clip_g."}),
+                "width": _size(1024),
+                "height": _size(1024),
+                "crop_w": _size(0),
+                "crop_h": _size(0),
+                "target_width": _size(1024),
+                "target_height": _size(1024),
+                "text": _TEXT,
+                "strategy": (
+                    list(SDXL_STRATEGIES),
+                    {
+                        "default": "chunk",
+                        "tooltip": "How a 77-position bigG reads 248-token windows. chunk: in 77-token chunks, "
+                        "aligned token for token with CLIP-L. stretch: stretched without training, one pass.",
+                    },
+                ),
+            },
+            "optional": {
+                "text_g": ("STRING", {"multiline": True, "default": "", "tooltip": "bigG's prompt (empty: text)."}),
+                **_OPTIONS,
+            },
+        }
+
+    def encode(
+        self,
+        long_clip: LongCLIP,
+        clip_g: LongCLIP,
+        width: int,
+        height: int,
+        crop_w: int,
+        crop_h: int,
+        target_width: int,
+        target_height: int,
+        text: str,
+        strategy: str = "chunk",
+        text_g: str = "",
+        clip_skip: int = 0,
+        weighting: bool = True,
+        max_windows: int = 0,
+    ) -> tuple[list]:
+        cond, pooled = encode_sdxl(
+            long_clip,
+            clip_g,
+            text,
+            text_g or None,
+            strategy=strategy,
+            clip_skip=clip_skip,
+            weighting=weighting,
+            max_windows=max_windows,
+        )
+        sizes = dict(
+            width=width,
+            height=height,
+            crop_w=crop_w,
+            crop_h=crop_h,
+            target_width=target_width,
+            target_height=target_height,
+        )
+        return ([[cond, {"pooled_output": pooled, **sizes}]],)
+
+
+class LongCLIPStretch:
+    """A long encoder from a ComfyUI CLIP (e.g. a checkpoint's clip_g or clip_l), stretched without training."""
+
+    CATEGORY = CATEGORY
+    DESCRIPTION = (
+        "Takes clip_l or clip_g out of a CLIP (e.g. from Load Checkpoint) and stretches its position table "
+        "(knowledge-preserved: the first `keep` positions as they are, the rest interpolated, `ratio` times as "
+        "many). keep 20, ratio 4: 77 -> 248 positions. ratio 1: as it is, e.g. SDXL's bigG for the SDXL node."
+    )
+    RETURN_TYPES = (LONGCLIP,)
+    RETURN_NAMES = ("long_clip",)
+    FUNCTION = "stretch"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:
+        return {
+            "required": {
+                "clip": ("CLIP", {"tooltip": "A ComfyUI CLIP, e.g. from Load Checkpoint."}),
+                "clip_type": (list(CLIP_TYPES), {"default": "clip_g"}),
+                "keep": ("INT", {"default": DEFAULT_KEEP, "min": 0, "max": 75}),
+                "ratio": ("INT", {"default": DEFAULT_RATIO, "min": 1, "max": 16}),
+            }
+        }
+
+    def stretch(self, clip: Any, clip_type: str, keep: int, ratio: int) -> tuple[LongCLIP]:
+        _patch_weights(clip)
+        dtype, device = host.model_dtype(), host.offload_device()
+        return (long_clip_from_comfy_clip(clip, clip_type, keep, ratio, dtype=dtype, device=device),)
+
+
+def _patch_weights(clip: Any) -> None:
+    """Inside ComfyUI, apply the CLIP's patches (LoRAs) to its weights before reading them, as CLIPSave does."""
+    model_management = host.comfy_module("comfy.model_management")
+    if model_management is not None and hasattr(clip, "load_model") and hasattr(model_management, "load_models_gpu"):
+        model_management.load_models_gpu([clip.load_model()], force_patch_weights=True)
+
+
+NODE_CLASS_MAPPINGS = {
+    "LongCLIPLoader": LongCLIPLoader,
+    "LongCLIPTextEncode": LongCLIPTextEncode,
+    "LongCLIPTextEncodeSDXL": LongCLIPTextEncodeSDXL,
+    "LongCLIPStretch": LongCLIPStretch,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "LongCLIPLoader": "Load Long-CLIP",
+    "LongCLIPTextEncode": "Long-CLIP Text Encode (SD 1.5)",
+    "LongCLIPTextEncodeSDXL": "Long-CLIP Text Encode (SDXL)",
+    "LongCLIPStretch": "Long-CLIP from CLIP (stretch)",
+}
