@@ -109,6 +109,24 @@ def test_pca_matches_an_independent_svd():
     assert not torch.allclose(pca_reconstruct(few, 8), few, atol=1e-3)
 
 
+def test_cutting_text_batches_after_the_last_end_token_is_exact():
+    from longclip_diffusers.stretch import stretch_model
+    from longclip_diffusers.training.train import encode_text_cut
+
+    torch.manual_seed(0)
+    from open_clip.model import CLIP
+
+    model = stretch_model(CLIP(**TINY_CONFIG)).eval()
+    ids = torch.zeros(3, 248, dtype=torch.long)  # pads: "!" (id 0), as the trainer tokenizes
+    for row, length in zip(ids, (30, 12, 25), strict=True):
+        row[:length] = torch.randint(1, 49406, (length,))
+        row[0], row[length - 1] = 49406, 49407
+    with torch.no_grad():
+        torch.testing.assert_close(
+            encode_text_cut(model, ids), model.encode_text(ids, normalize=True), atol=1e-6, rtol=0
+        )
+
+
 def test_pca_lets_gradients_through():
     features = torch.randn(40, 16, requires_grad=True)
     pca_reconstruct(features, 4).sum().backward()
@@ -169,7 +187,9 @@ def test_first_20_position_rows_stay_bit_identical(trained):
 def test_exported_model_loads_in_plain_transformers_and_matches_the_trained_model(trained):
     folder, output, config = trained
     model, preprocess, _ = build_model(config)
-    model.load_state_dict(load_file(output / "checkpoints/step_12/model.safetensors"), strict=False)
+    trained_weights = load_file(output / "checkpoints/step_12/model.safetensors")  # of the TrainingModel wrapper
+    model.load_state_dict({k.removeprefix("clip."): v for k, v in trained_weights.items()}, strict=False)
+    assert torch.equal(model.positional_embedding, trained_weights["clip.positional_embedding"])
     model.eval()
     exported = CLIPModel.from_pretrained(output / "final").eval()
     ids = torch.randint(1, 49406, (3, 248))
