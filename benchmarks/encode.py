@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
+from timing import interleaved_medians
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from longclip_diffusers import LongCLIPTokenizer
@@ -83,20 +81,6 @@ class TokenCounter:
 
     def reset(self) -> None:
         self.tokens = self.calls = 0
-
-
-def interleaved_medians(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall time of each function in ms: one warm-up call each, then `repeats` rounds, one call of each
-    per round, so that load from other processes falls on all of them alike."""
-    for function in functions.values():
-        function()
-    times: dict[str, list[float]] = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, function in functions.items():
-            start = time.perf_counter()
-            function()
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 @torch.no_grad()

@@ -32,14 +32,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from timing import interleaved_medians
 from torch.utils.flop_counter import FlopCounterMode
 
 GFLOP = 1e9
@@ -247,20 +246,6 @@ class ConditioningLength:
         self.tokens = hidden.shape[1]
 
 
-def interleaved_medians(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall time of each function in seconds: one warm-up call each, then `repeats` rounds, one call of
-    each per round, so that load from other processes falls on all of them alike."""
-    for function in functions.values():
-        function()
-    times: dict[str, list[float]] = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, function in functions.items():
-            start = time.perf_counter()
-            function()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 @torch.no_grad()
 def time_pipelines(repeats: int, steps: int) -> dict[str, float | int]:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
@@ -313,7 +298,7 @@ def time_pipelines(repeats: int, steps: int) -> dict[str, float | int]:
                     ).images
 
                 generators[name] = generate
-            seconds = interleaved_medians(generators, repeats)
+            seconds = {k: ms / 1e3 for k, ms in interleaved_medians(generators, repeats).items()}
             images = {name: generate() for name, generate in generators.items()}
             for name in pipes:
                 figures[f"{model}_{name}_s"] = round(seconds[name], 4)
