@@ -9,6 +9,7 @@ first 20 position rows frozen. Checkpoints are written atomically; `--resume` co
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -74,7 +75,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     resume: str | None = None
-    report_to: str = "none"
+    report_to: str = field(default_factory=lambda: "tensorboard" if importlib.util.find_spec("tensorboard") else "none")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -426,7 +427,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-checkpoints", type=int, default=defaults.keep_checkpoints)
     parser.add_argument("--log-every", type=int, default=defaults.log_every)
     parser.add_argument("--resume", help="a checkpoint folder, or 'auto' for the latest in --output")
-    parser.add_argument("--report-to", choices=("none", "tensorboard", "wandb", "all"), default=defaults.report_to)
+    parser.add_argument(
+        "--report-to",
+        choices=("none", "tensorboard", "wandb", "all"),
+        default=defaults.report_to,
+        help="accelerate trackers (default: TensorBoard when installed)",
+    )
 
 
 def run_train(args: argparse.Namespace) -> str:
