@@ -4,7 +4,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -142,16 +141,13 @@ def test_small_pca_batches_warn_that_pca_does_nothing():
 
 def test_two_processes_give_the_one_process_loss_and_gradients(tmp_path):
     """A real 2-process gloo run (`torch.distributed.run`) against 1 process on the same global batch."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     script = HERE / "ddp_step.py"
     subprocess.run([sys.executable, script, tmp_path / "one.pt"], check=True, capture_output=True)
-    subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(port), script, tmp_path / "two.pt"],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
+    # --standalone: torch picks a free rendezvous port itself; gloo talks over the loopback interface
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script]
+    result = subprocess.run([*command, tmp_path / "two.pt"], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert (one["processes"], two["processes"]) == (1, 2)
     torch.testing.assert_close(two["loss"], one["loss"], atol=1e-5, rtol=1e-5)
