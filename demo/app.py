@@ -111,18 +111,14 @@ class AlignmentScorer:
 
     @classmethod
     def load(cls, source: str) -> AlignmentScorer | None:
-        from transformers import CLIPImageProcessor
-
+        from longclip_diffusers.convert import clip_image_processor, tokenizer_for
         from longclip_diffusers.text_encoder import build_clip_model
-        from longclip_diffusers.tokenizer import LongCLIPTokenizer
 
         checkpoint = load_checkpoint(source)
         if not checkpoint.has_vision:
             return None
-        size = checkpoint.vision_config.image_size
-        image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-        tokenizer = LongCLIPTokenizer.from_pretrained(source, model_max_length=checkpoint.num_positions)
-        return cls(build_clip_model(checkpoint), (image_processor, tokenizer))
+        image_processor = clip_image_processor(checkpoint.vision_config.image_size)
+        return cls(build_clip_model(checkpoint), (image_processor, tokenizer_for(checkpoint)))
 
     @torch.no_grad()
     def __call__(self, images: list[Image.Image], prompt: str) -> list[float]:

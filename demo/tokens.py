@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
+from longclip_diffusers.pipelines.generate import count_tokens
+
 BOTH = None  # text both encoders read (no highlight)
 LONG_ONLY = "only Long-CLIP reads this"
 DROPPED = "dropped by both"
@@ -51,7 +53,7 @@ def prompt_coverage(
     The vanilla pipeline truncates with its own tokenizer at `model_max_length - 2` content tokens, so its
     offsets give the exact cut. Long-CLIP reads everything unless `long_limit` (content tokens) is set.
     """
-    tokens = len(long_tokenizer(prompt, add_special_tokens=False, verbose=False).input_ids)
+    tokens = count_tokens(long_tokenizer, prompt)
     vanilla_limit = vanilla_tokenizer.model_max_length - 2
     vanilla_cut = _cut_offset(vanilla_tokenizer, prompt, vanilla_limit)
     long_cut = _cut_offset(long_tokenizer, prompt, long_limit) if long_limit is not None else None

@@ -172,7 +172,7 @@ def _generate(args: argparse.Namespace) -> str:
     else:
         image = generation.generate(pair.long, args.prompt, args.negative, **options)
     out = generation.save_image(image, args.out)
-    tokens = generation.count_tokens(pair.long, args.prompt)
+    tokens = generation.count_tokens(pair.long.tokenizer, args.prompt)
     return f"wrote {out} ({tokens} prompt tokens{', vanilla CLIP | Long-CLIP' if args.compare else ''})"
 
 

@@ -68,18 +68,24 @@ def save_diffusers(
     tokenizer_for(checkpoint, pad_token).save_pretrained(out / "tokenizer")
 
 
-def save_clip(checkpoint: Checkpoint, out: Path, *, dtype: torch.dtype | None = None, pad_token: str | None = None):
-    """A full `CLIPModel` + `CLIPProcessor` folder (text and vision towers)."""
-    from transformers import CLIPImageProcessor, CLIPProcessor
+def clip_image_processor(size: int):
+    """CLIP's preprocessing at `size` pixels: bicubic resize of the short side, centre crop, OpenAI statistics."""
+    from transformers import CLIPImageProcessor
 
-    write_clip_model(checkpoint, out, dtype)
-    size = checkpoint.vision_config.image_size
-    image_processor = CLIPImageProcessor(
+    return CLIPImageProcessor(
         size={"shortest_edge": size},
         crop_size={"height": size, "width": size},
         image_mean=CLIP_IMAGE_MEAN,
         image_std=CLIP_IMAGE_STD,
     )
+
+
+def save_clip(checkpoint: Checkpoint, out: Path, *, dtype: torch.dtype | None = None, pad_token: str | None = None):
+    """A full `CLIPModel` + `CLIPProcessor` folder (text and vision towers)."""
+    from transformers import CLIPProcessor
+
+    write_clip_model(checkpoint, out, dtype)
+    image_processor = clip_image_processor(checkpoint.vision_config.image_size)
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer_for(checkpoint, pad_token)).save_pretrained(out)
 
 

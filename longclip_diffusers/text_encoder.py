@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -53,19 +54,21 @@ def build_text_model(
     if with_projection is None:
         with_projection = checkpoint.is_projection_model
     model_class = CLIPTextModelWithProjection if with_projection else CLIPTextModel
-    with tempfile.TemporaryDirectory(prefix="longclip-") as tmp:
-        write_text_encoder(checkpoint, Path(tmp), with_projection, dtype)
-        model = model_class.from_pretrained(tmp)
-    if dtype is not None:
-        model = model.to(dtype)
-    return model.eval()
+    return _load_written(
+        model_class, lambda folder: write_text_encoder(checkpoint, folder, with_projection, dtype), dtype
+    )
 
 
 def build_clip_model(checkpoint: Checkpoint, dtype: torch.dtype | None = None) -> CLIPModel:
     """Instantiate a full `CLIPModel` (text and vision towers) through transformers' own `from_pretrained`."""
+    return _load_written(CLIPModel, lambda folder: write_clip_model(checkpoint, folder, dtype), dtype)
+
+
+def _load_written(model_class: type, write: Callable[[Path], None], dtype: torch.dtype | None):
+    """Write a model folder to a temporary place and load it with `model_class.from_pretrained`."""
     with tempfile.TemporaryDirectory(prefix="longclip-") as tmp:
-        write_clip_model(checkpoint, Path(tmp), dtype)
-        model = CLIPModel.from_pretrained(tmp)
+        write(Path(tmp))
+        model = model_class.from_pretrained(tmp)
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 from PIL import Image
+from transformers import PreTrainedTokenizerBase
 
 from longclip_diffusers import LongCLIPTextEncoder, LongCLIPTokenizer
 from longclip_diffusers.grid import captioned_grid
@@ -97,14 +98,14 @@ def generate(
     ).images[0]
 
 
-def count_tokens(pipe: DiffusionPipeline, prompt: str) -> int:
-    """Tokens of `prompt` without the start and end tokens, by CLIP's own tokenizer."""
-    return len(pipe.tokenizer(prompt, add_special_tokens=False, verbose=False).input_ids)
+def count_tokens(tokenizer: PreTrainedTokenizerBase, prompt: str) -> int:
+    """Tokens of `prompt` without the start and end tokens."""
+    return len(tokenizer(prompt, add_special_tokens=False, verbose=False).input_ids)
 
 
 def compare(pair: PipelinePair, prompt: str, negative_prompt: str | None = None, **kwargs) -> Image.Image:
     """vanilla CLIP | Long-CLIP on the same seed, captioned with what each read of the prompt."""
-    tokens = count_tokens(pair.long, prompt)
+    tokens = count_tokens(pair.long.tokenizer, prompt)
     stock_reads = min(tokens, pair.stock.tokenizer.model_max_length - 2)
     images = [
         generate(pair.stock, prompt, negative_prompt, **kwargs),

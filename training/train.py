@@ -226,8 +226,13 @@ def build_loader(config: TrainConfig, preprocess, context_length: int, rank: int
 # ----------------------------------------------------------------------------------------------------------
 
 
+def checkpoints_in(output: Path) -> list[Path]:
+    """The complete checkpoints of a run, oldest first."""
+    return sorted((output / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+
+
 def latest_checkpoint(output: Path) -> Path | None:
-    checkpoints = sorted((output / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+    checkpoints = checkpoints_in(output)
     return checkpoints[-1] if checkpoints else None
 
 
@@ -242,7 +247,7 @@ def save_checkpoint(accelerator, output: Path, state: dict, keep: int) -> None:
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps(state))
         os.replace(tmp, target)
-        for old in sorted((output / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))[:-keep]:
+        for old in checkpoints_in(output)[:-keep]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
 

@@ -10,7 +10,7 @@ import torch
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from ..convert import stretch_checkpoint
-from ..formats import Checkpoint, CheckpointError, checkpoint_from_state_dict, load_checkpoint, read_state_dict
+from ..formats import Checkpoint, CheckpointError, checkpoint_from_state_dict, load_checkpoint
 from ..stretch import CLIP_POSITIONS, DEFAULT_KEEP, DEFAULT_RATIO
 from ..text_encoder import build_text_model, check_pair
 from ..tokenizer import LongCLIPTokenizer
@@ -61,9 +61,9 @@ def read_checkpoint(source: str | os.PathLike) -> tuple[Checkpoint, Path | None]
     path = Path(source).expanduser()
     if path.is_file() and any((path.parent / name).is_file() for name in ("config.json", "open_clip_config.json")):
         path = path.parent
-    if path.is_file():
-        return checkpoint_from_state_dict(read_state_dict(path), path=str(path)), None
     checkpoint = load_checkpoint(path)
+    if path.is_file():
+        return checkpoint, None
     if not path.is_dir():  # a Hub repo id
         return checkpoint, None
     if path.name.startswith("text_encoder"):
