@@ -84,21 +84,26 @@ CONFIG_NAME = "longclip-bench-train-step"
 # ----------------------------------------------------------------------------------------------------------
 
 
+def captions(lengths: list[int], generator: torch.Generator) -> torch.Tensor:
+    """248-token ids as the trainer's tokenizer writes them: BOS, random ids, EOT ending each caption (`lengths`
+    include both), then pads ("!" = id 0)."""
+    ids = torch.zeros(len(lengths), CONTEXT, dtype=torch.long)
+    for row, length in zip(ids, lengths, strict=True):
+        row[:length] = torch.randint(1, BOS, (length,), generator=generator)
+        row[0], row[length - 1] = BOS, EOT
+    return ids
+
+
 def make_batch(seed: int = 1) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
 
-    def captions(low: int, high: int) -> torch.Tensor:
-        lengths = torch.randint(low, high + 1, (BATCH,), generator=generator).tolist()
-        ids = torch.zeros(BATCH, CONTEXT, dtype=torch.long)  # the trainer's tokenizer pads with "!" = id 0
-        for row, length in zip(ids, lengths, strict=True):
-            row[:length] = torch.randint(1, BOS, (length,), generator=generator)
-            row[0], row[length - 1] = BOS, EOT
-        return ids
+    def lengths(low: int, high: int) -> list[int]:
+        return torch.randint(low, high + 1, (BATCH,), generator=generator).tolist()
 
     return {
         "image": torch.randn(BATCH, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator),
-        "long_text": captions(*LONG_LENGTHS),
-        "short_text": captions(*SHORT_LENGTHS),
+        "long_text": captions(lengths(*LONG_LENGTHS), generator),
+        "short_text": captions(lengths(*SHORT_LENGTHS), generator),
     }
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
+import math
 import os
 import tempfile
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,22 +17,53 @@ import torch
 from PIL import Image
 
 from longclip_diffusers.formats import load_checkpoint
-from longclip_diffusers.pipelines.generate import PipelinePair, generate, load_pipelines
+from longclip_diffusers.pipelines.generate import PipelinePair, generate, load_pipelines, pipeline_family
+from longclip_diffusers.prompts import parse_weighted_prompt
 
-from .tokens import DROPPED, LONG_ONLY, prompt_coverage
+from .tokens import DROPPED, LONG_ONLY, VANILLA_ONLY, T5Reading, prompt_coverage
 
 logger = logging.getLogger(__name__)
 
-BASES = ("SD 1.5", "SDXL")
-DEFAULT_SOURCES = {
-    "SD 1.5": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    "SDXL": "stabilityai/stable-diffusion-xl-base-1.0",
-    "encoder": "BeichenZhang/LongCLIP-L",
+
+@dataclass(frozen=True)
+class Base:
+    """A base the demo offers: its pipeline family, default Hub id, the `longclip demo` flag and environment variable
+    that replace it, and the `longclip tiny` folder that stands in for it offline."""
+
+    family: str  # a `generate.FAMILIES` name
+    default: str
+    flag: str
+    environment: str
+    tiny: str
+
+
+BASES = {
+    "SD 1.5": Base("SD 1.x/2.x", "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd15", "LONGCLIP_SD15", "sd15"),
+    "SDXL": Base("SDXL", "stabilityai/stable-diffusion-xl-base-1.0", "sdxl", "LONGCLIP_SDXL", "sdxl"),
+    "SD 2.x": Base("SD 1.x/2.x", "stabilityai/stable-diffusion-2-1", "sd2", "LONGCLIP_SD2", "sd2"),
+    "SD 3.5": Base("SD 3", "stabilityai/stable-diffusion-3.5-medium", "sd3", "LONGCLIP_SD3", "sd3"),
+    "Flux.1": Base("Flux.1", "black-forest-labs/FLUX.1-schnell", "flux", "LONGCLIP_FLUX", "flux"),
 }
-ENVIRONMENT = {"SD 1.5": "LONGCLIP_SD15", "SDXL": "LONGCLIP_SDXL", "encoder": "LONGCLIP_ENCODER"}
-MAX_PROMPT_CHARS = 4000
+DEFAULT_ENCODER = "BeichenZhang/LongCLIP-L"  # Long-CLIP-L: SD 1.5's, SDXL's and SD 3's first encoder, Flux's CLIP
+# SD 2.x conditions on OpenCLIP-H, not CLIP-L: it needs a long H of its own (no published one; `longclip stretch`)
+ENVIRONMENT = {"encoder": "LONGCLIP_ENCODER", "sd2_encoder": "LONGCLIP_SD2_ENCODER"}
+T5_TOKENIZERS = {"SD 3": "tokenizer_3", "Flux.1": "tokenizer_2"}  # where SD 3 and Flux keep T5's tokenizer
+MAX_PROMPT_CHARS = 4000  # the prompt and the negative prompt each
 MAX_STEPS = 100
 MAX_SIZE = 1024
+MAX_GUIDANCE = 30
+MAX_SEED = 2**53 - 1  # the largest whole number a browser's number field keeps exact
+# Gradio's highlighted text breaks lines inside words (`word-break: break-all`) and lays each span out as a flex
+# item. Let the spans flow as one inline text that wraps between words only. Gradio's markup has whitespace between
+# the spans, which would show as a space where a span starts mid-word ("dog ,"): font-size 0 hides it, and each
+# span's text takes its size and its highlight colour back.
+CSS = """
+#highlighted .textfield { display: block; word-break: normal; overflow-wrap: break-word; font-size: 0; }
+#highlighted .token-container, #highlighted .token { display: inline; }
+#highlighted .token.highlighted { margin: 0; padding: 0; }
+#highlighted .text { font-size: var(--body-text-size); background-color: inherit; padding: var(--size-0-5) 0; }
+#highlighted .label { font-size: calc(0.7 * var(--body-text-size)); }
+"""
 TINY_BANNER = (
     "**Offline mode: tiny random models.** The images come from tiny random weights and look like noise; "
     "token counts and highlighting are real. Run with real models (Hub access) to compare images."
@@ -55,31 +89,58 @@ EXAMPLES = [
 
 @dataclass
 class Sources:
-    """Where the models come from: a pipeline per base and the Long-CLIP encoder."""
+    """Where the models come from: a pipeline and a Long-CLIP encoder per base offered."""
 
     pipelines: dict[str, str]
-    encoder: str
+    encoders: dict[str, str]
     tiny: bool = False
 
+    @property
+    def bases(self) -> list[str]:
+        return list(self.pipelines)
+
     @classmethod
-    def from_settings(cls, sd15: str | None, sdxl: str | None, encoder: str | None) -> Sources:
-        """Flags first, then environment variables, then the real models on the Hub."""
-        chosen = {"SD 1.5": sd15, "SDXL": sdxl, "encoder": encoder}
-        resolved = {key: chosen[key] or os.environ.get(ENVIRONMENT[key]) or DEFAULT_SOURCES[key] for key in chosen}
-        return cls({base: resolved[base] for base in BASES}, resolved["encoder"])
+    def from_settings(
+        cls, pipelines: dict[str, str | None], encoder: str | None = None, sd2_encoder: str | None = None
+    ) -> Sources:
+        """Flags (`pipelines`, by base), then environment variables, then the real models on the Hub.
+
+        SD 2.x is offered only with a long OpenCLIP-H (`sd2_encoder`), as none is published.
+        """
+        chosen = {
+            name: pipelines.get(name) or os.environ.get(base.environment) or base.default
+            for name, base in BASES.items()
+        }
+        encoder = encoder or os.environ.get(ENVIRONMENT["encoder"]) or DEFAULT_ENCODER
+        sd2_encoder = sd2_encoder or os.environ.get(ENVIRONMENT["sd2_encoder"])
+        encoders = {name: sd2_encoder if name == "SD 2.x" else encoder for name in BASES}
+        return cls({name: chosen[name] for name in BASES if encoders[name]}, encoders)
 
     @classmethod
     def tiny_components(cls) -> Sources:
+        """Every base on the tiny random components, each with the tiny Long-CLIP shaped like its CLIP encoder."""
         from longclip_diffusers.tiny import write_tiny_components
 
         folder = write_tiny_components(Path(tempfile.mkdtemp(prefix="longclip-demo-")) / "tiny")
-        pipelines = {"SD 1.5": str(folder / "sd15"), "SDXL": str(folder / "sdxl")}
-        return cls(pipelines, str(folder / "longclip-sd15"), tiny=True)
+        pipelines = {name: str(folder / base.tiny) for name, base in BASES.items()}
+        encoders = {name: str(folder / f"longclip-{base.tiny}") for name, base in BASES.items()}
+        return cls(pipelines, encoders, tiny=True)
 
-    def encoder_for(self, base: str) -> str:
-        if self.tiny:  # each tiny pipeline has its own tiny Long-CLIP, shaped like its CLIP-L
-            return str(Path(self.encoder).parent / ("longclip-sdxl" if base == "SDXL" else "longclip-sd15"))
-        return self.encoder
+    def loadable(self) -> Sources:
+        """The bases whose pipeline's model_index.json can be read here (cached or from the Hub) and names the
+        base's family; the others are left out with a warning saying why."""
+        offered = {}
+        for name, source in self.pipelines.items():
+            try:
+                family = pipeline_family(source)
+            except (OSError, ValueError) as error:
+                logger.warning("Leaving %s out: %s", name, error)
+                continue
+            if family.name != BASES[name].family:
+                logger.warning("Leaving %s out: %s is a %s pipeline.", name, source, family.name)
+                continue
+            offered[name] = source
+        return Sources(offered, self.encoders, self.tiny)
 
 
 @dataclass
@@ -94,11 +155,11 @@ class Models:
     def pair(self, base: str) -> PipelinePair:
         with self.lock:
             if base not in self.pairs:
-                self.pairs[base] = load_pipelines(self.sources.pipelines[base], self.sources.encoder_for(base))
+                self.pairs[base] = load_pipelines(self.sources.pipelines[base], self.sources.encoders[base])
                 for pipe in (self.pairs[base].stock, self.pairs[base].long):
                     pipe.set_progress_bar_config(disable=False)
             if self.scorer is None:
-                self.scorer = AlignmentScorer.load(self.sources.encoder_for(base)) or False
+                self.scorer = AlignmentScorer.load(self.sources.encoders[base]) or False
             return self.pairs[base]
 
 
@@ -111,8 +172,8 @@ class AlignmentScorer:
 
     @classmethod
     def load(cls, source: str) -> AlignmentScorer | None:
-        from longclip_diffusers.convert import clip_image_processor, tokenizer_for
         from longclip_diffusers.text_encoder import build_clip_model
+        from longclip_diffusers.writing import clip_image_processor, tokenizer_for
 
         checkpoint = load_checkpoint(source)
         if not checkpoint.has_vision:
@@ -129,19 +190,46 @@ class AlignmentScorer:
         return [round(100 * float(s), 2) for s in (output.image_embeds @ output.text_embeds.T).squeeze(-1)]
 
 
-def validate(prompt: str, steps: int, width: int, height: int, guidance: float) -> None:
-    """Every bound the app enforces, as a message the user can act on."""
-    if not prompt or not prompt.strip():
+def validate(base: str, prompt: str, negative: str | None, seed: float, steps: float, guidance: float, width: float,
+             height: float, bases: Sequence[str] = tuple(BASES)) -> dict:  # fmt: skip
+    """Every bound the app enforces, as a message the user can act on; the generation options when all hold.
+
+    The API can send what the widgets never would (NaN, 1e30, 2.5 steps, null), so each value is checked here, and
+    the prompts' weighting syntax before any model runs.
+    """
+    if base not in bases:
+        raise ValueError(f"Choose a base among {', '.join(bases)}.")
+    if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("Type a prompt first.")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise ValueError(f"The prompt has {len(prompt)} characters; the demo takes at most {MAX_PROMPT_CHARS}.")
-    if not 1 <= int(steps) <= MAX_STEPS:
-        raise ValueError(f"Steps must be between 1 and {MAX_STEPS}.")
-    for name, value in (("Width", width), ("Height", height)):
-        if not 64 <= int(value) <= MAX_SIZE or int(value) % 8:
-            raise ValueError(f"{name} must be a multiple of 8 between 64 and {MAX_SIZE}, got {value}.")
-    if not 0 <= float(guidance) <= 30:
-        raise ValueError("Guidance must be between 0 and 30.")
+    if negative is not None and not isinstance(negative, str):
+        raise ValueError(f"The negative prompt must be text, got {type(negative).__name__}.")
+    for name, text in (("prompt", prompt), ("negative prompt", negative or "")):
+        if len(text) > MAX_PROMPT_CHARS:
+            raise ValueError(f"The {name} has {len(text)} characters; the demo takes at most {MAX_PROMPT_CHARS}.")
+        try:
+            parse_weighted_prompt(text)
+        except ValueError as error:
+            raise ValueError(f"In the {name}: {error}") from None
+    options = {
+        "seed": _whole_number("Seed", seed, 0, MAX_SEED),
+        "steps": _whole_number("Steps", steps, 1, MAX_STEPS),
+        "width": _whole_number("Width", width, 64, MAX_SIZE, multiple_of=8),
+        "height": _whole_number("Height", height, 64, MAX_SIZE, multiple_of=8),
+    }
+    if not _is_number(guidance) or not 0 <= guidance <= MAX_GUIDANCE:
+        raise ValueError(f"Guidance must be a number between 0 and {MAX_GUIDANCE}, got {guidance!r}.")
+    return {**options, "guidance_scale": float(guidance)}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _whole_number(name: str, value: object, low: int, high: int, multiple_of: int = 1) -> int:
+    if not _is_number(value) or value != int(value) or not low <= value <= high or int(value) % multiple_of:
+        kind = "a whole number" if multiple_of == 1 else f"a multiple of {multiple_of}"
+        raise ValueError(f"{name} must be {kind} between {low} and {high}, got {value!r}.")
+    return int(value)
 
 
 def compare(models: Models, base: str, prompt: str, negative: str, seed: int, steps: int, guidance: float,
@@ -150,26 +238,50 @@ def compare(models: Models, base: str, prompt: str, negative: str, seed: int, st
     import gradio as gr
 
     try:
-        if base not in BASES:
-            raise ValueError(f"Choose a base among {', '.join(BASES)}.")
-        validate(prompt, steps, width, height, guidance)
+        options = validate(base, prompt, negative, seed, steps, guidance, width, height, models.sources.bases)
         pair = models.pair(base)
-        options = dict(steps=int(steps), seed=int(seed), guidance_scale=float(guidance), width=int(width),
-                       height=int(height))  # fmt: skip
-        vanilla = generate(pair.stock, prompt, negative or None, **options)
-        long = generate(pair.long, prompt, negative or None, **options)
-        coverage = prompt_coverage(prompt, pair.stock.tokenizer, pair.long.tokenizer)
+        ignored_negative = bool(negative) and not pair.family.reads_negative
+        negative = None if ignored_negative else negative or None
+        vanilla = generate(pair.stock, prompt, negative, **options)
+        long = generate(pair.long, prompt, negative, **options)
+        coverage = prompt_coverage(
+            prompt,
+            pair.stock.tokenizer,
+            pair.long.tokenizer,
+            weighting=pair.long.config.prompt_weighting,
+            max_windows=_windows_read(pair),
+            pooled_only=pair.family.name == "Flux.1",
+            t5=_t5_reading(pair),
+        )
+        summary = coverage.summary
+        if ignored_negative:
+            summary += " Flux.1 reads no negative prompt (its guidance is distilled): it was left out."
         if models.scorer:
             scores = models.scorer([vanilla, long], prompt)
             score_text = f"Long-CLIP alignment with the full prompt: vanilla **{scores[0]}**, Long-CLIP **{scores[1]}**"
         else:
             score_text = "Alignment scores need a Long-CLIP checkpoint with its vision tower (e.g. the published .pt)."
-        return vanilla, long, coverage.summary, coverage.spans, score_text
+        return vanilla, long, summary, coverage.spans, score_text
     except ValueError as error:
         raise gr.Error(str(error)) from None
     except Exception as error:  # one failing request never takes the app down
         logger.exception("generation failed")
         raise gr.Error(f"Generation failed: {type(error).__name__}: {error}") from None
+
+
+def _windows_read(pair: PipelinePair) -> int | None:
+    """How many CLIP-L windows the Long-CLIP pipeline reads: Flux the first (its pooled vector), the others up to
+    their `max_prompt_windows`."""
+    return 1 if pair.family.name == "Flux.1" else pair.long.config.max_prompt_windows
+
+
+def _t5_reading(pair: PipelinePair) -> T5Reading | None:
+    """SD 3's and Flux's T5: its tokenizer, and the `max_sequence_length` the pipeline reads by default."""
+    name = T5_TOKENIZERS.get(pair.family.name)
+    if name is None:
+        return None
+    length = inspect.signature(type(pair.long).__call__).parameters["max_sequence_length"].default
+    return T5Reading(getattr(pair.long, name), length)
 
 
 def build_app(models: Models):
@@ -179,7 +291,10 @@ def build_app(models: Models):
     tiny = models.sources.tiny
     default_size = 64 if tiny else 512
     with gr.Blocks(title="Long-CLIP vs CLIP") as app:
-        gr.Markdown("# Long-CLIP vs vanilla CLIP\nThe same seed, the same UNet: only the text encoder differs.")
+        gr.Markdown(
+            "# Long-CLIP vs vanilla CLIP\nThe same seed, the same UNet or transformer: only the CLIP text encoder "
+            "differs."
+        )
         if tiny:
             gr.Markdown(TINY_BANNER, elem_id="tiny-banner")
         with gr.Row():
@@ -187,10 +302,11 @@ def build_app(models: Models):
                 prompt = gr.Textbox(label="Prompt", lines=6, max_lines=20, elem_id="prompt")
                 negative = gr.Textbox(label="Negative prompt", value="blurry, low quality", elem_id="negative")
             with gr.Column(scale=1):
-                base = gr.Radio(list(BASES), value="SD 1.5", label="Base")
-                seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
+                bases = models.sources.bases
+                base = gr.Radio(bases, value=bases[0], label="Base", elem_id="base")
+                seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", elem_id="seed")
                 steps = gr.Slider(1, MAX_STEPS, value=4 if tiny else 30, step=1, label="Steps", elem_id="steps")
-                guidance = gr.Slider(0, 30, value=7.5, step=0.5, label="Guidance")
+                guidance = gr.Slider(0, MAX_GUIDANCE, value=7.5, step=0.5, label="Guidance")
                 width = gr.Slider(64, MAX_SIZE, value=default_size, step=8, label="Width")
                 height = gr.Slider(64, MAX_SIZE, value=default_size, step=8, label="Height")
         gr.Examples(EXAMPLES, inputs=[prompt])
@@ -201,7 +317,7 @@ def build_app(models: Models):
         count = gr.Markdown(elem_id="token-count")
         highlighted = gr.HighlightedText(
             label="What vanilla CLIP never sees",
-            color_map={LONG_ONLY: "orange", DROPPED: "red"},
+            color_map={LONG_ONLY: "orange", VANILLA_ONLY: "blue", DROPPED: "red"},
             combine_adjacent=True,
             elem_id="highlighted",
         )
@@ -217,12 +333,15 @@ def build_app(models: Models):
 
 
 def load_models(args: argparse.Namespace) -> Models:
-    """The real models (SD 1.5 loaded now, SDXL on first use), unless `--tiny` or they cannot be loaded (no Hub
-    access and nothing cached): then the tiny random components."""
+    """The real models (SD 1.5 loaded now, the other bases on first use; those whose model_index.json cannot be
+    read are not offered), unless `--tiny` or SD 1.5 cannot be loaded (no Hub access and nothing cached): then the
+    tiny random components, every base."""
     if not args.tiny:
-        models = Models(Sources.from_settings(args.sd15, args.sdxl, args.long_encoder))
+        pipelines = {name: getattr(args, base.flag) for name, base in BASES.items()}
+        models = Models(Sources.from_settings(pipelines, args.long_encoder, args.sd2_encoder))
         try:
             models.pair("SD 1.5")
+            models.sources = models.sources.loadable()
             return models
         except OSError as error:
             logger.warning("Could not load the real models (%s); starting on tiny random components.", error)
@@ -233,10 +352,20 @@ def load_models(args: argparse.Namespace) -> Models:
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny random offline components (no downloads)")
-    parser.add_argument("--sd15", help=f"SD 1.5 pipeline, Hub id or folder (env {ENVIRONMENT['SD 1.5']})")
-    parser.add_argument("--sdxl", help=f"SDXL pipeline, Hub id or folder (env {ENVIRONMENT['SDXL']})")
+    for name, base in BASES.items():
+        parser.add_argument(
+            f"--{base.flag}", help=f"{name} pipeline, Hub id or folder (env {base.environment}; default {base.default})"
+        )
     parser.add_argument(
-        "--long-encoder", help=f"Long-CLIP checkpoint: Hub id, folder or .pt (env {ENVIRONMENT['encoder']})"
+        "--long-encoder",
+        help=f"Long-CLIP-L for SD 1.5, SDXL, SD 3.5 and Flux.1: Hub id, folder or .pt (env {ENVIRONMENT['encoder']}; "
+        f"default {DEFAULT_ENCODER})",
+    )
+    parser.add_argument(
+        "--sd2-encoder",
+        help="long OpenCLIP-H for SD 2.x, e.g. from `longclip stretch stabilityai/stable-diffusion-2-1 OUT "
+        f"--subfolder text_encoder --pad-token '!'` (env {ENVIRONMENT['sd2_encoder']}; without it SD 2.x is not "
+        "offered)",
     )
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for the network)")
@@ -245,5 +374,5 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_demo(args: argparse.Namespace) -> str:
     app = build_app(load_models(args))
-    app.launch(server_name=args.host, server_port=args.port, share=args.share)
+    app.launch(server_name=args.host, server_port=args.port, share=args.share, css=CSS)
     return "demo stopped"

@@ -1,70 +1,165 @@
-"""What each pipeline reads of a prompt: token counts and the text past vanilla CLIP's 77-token limit."""
+"""What each pipeline reads of a prompt: its own token count, and the text past each encoder's limit.
+
+Each side is counted with its own tokenizer, from what its CLIP text encoder receives:
+- the stock pipeline gives the raw prompt to its plain Hugging Face `CLIPTokenizer` (no HTML unescaping; weighting
+  brackets and `BREAK` are ordinary text) and keeps the first `model_max_length - 2` content tokens;
+- the Long-CLIP pipeline parses A1111 weighting and `BREAK` first (they are not tokens), tokenizes with
+  `LongCLIPTokenizer` (CLIP's cleaning) and lays the tokens out in windows (`tokenize_windows`); Flux reads
+  CLIP-L's pooled vector of the first window only.
+SD 3 and Flux also give the prompt to T5, which reads up to `max_sequence_length - 1` tokens (and `</s>`): the same
+in both pipelines, told apart from CLIP's windows in the summary.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from longclip_diffusers.pipelines.generate import count_tokens
+from longclip_diffusers.prompts import tokenize_weighted, tokenize_windows
 
 BOTH = None  # text both encoders read (no highlight)
 LONG_ONLY = "only Long-CLIP reads this"
-DROPPED = "dropped by both"
+VANILLA_ONLY = "only vanilla CLIP reads this"
+DROPPED = "neither CLIP reads this"
+_WORD = re.compile(r"\S+")
+
+
+@dataclass
+class T5Reading:
+    """SD 3's or Flux's T5 as the pipeline reads the prompt: its tokenizer and `max_sequence_length`."""
+
+    tokenizer: PreTrainedTokenizerBase
+    max_sequence_length: int
 
 
 @dataclass
 class PromptCoverage:
-    """Token counts (without start/end tokens) and the prompt split into highlighted spans."""
+    """Each encoder's token count (without start/end tokens, by its own tokenizer), how many it reads, and the
+    prompt split into highlighted spans."""
 
-    tokens: int  # by Long-CLIP's tokenizer (CLIP's exact ids)
+    vanilla_tokens: int
     vanilla_reads: int
+    long_tokens: int
     long_reads: int
+    long_windows: int  # the windows Long-CLIP encodes
+    window_capacity: int  # content tokens per Long-CLIP window
     spans: list[tuple[str, str | None]]
+    pooled_only: bool = False  # Flux: Long-CLIP-L's pooled vector, of the first window
+    t5_tokens: int | None = None  # SD 3 and Flux: the prompt's T5 tokens, as the Long-CLIP pipeline gives them
+    t5_reads: int | None = None
 
     @property
     def summary(self) -> str:
-        if self.tokens <= self.vanilla_reads:
-            return f"**{self.tokens} tokens**: both encoders read the whole prompt."
-        dropped = self.tokens - self.long_reads
-        long_part = f"Long-CLIP reads all {self.tokens}" if not dropped else f"Long-CLIP reads {self.long_reads}"
-        return (
-            f"**{self.tokens} tokens**: vanilla CLIP reads the first {self.vanilla_reads} and never sees the "
-            f"highlighted rest; {long_part}."
-        )
+        return self._clip_summary() + self._t5_summary()
 
+    def _clip_summary(self) -> str:
+        counts = f"**{self.vanilla_tokens} tokens for vanilla CLIP, {self.long_tokens} for Long-CLIP**"
+        windows = f" in {self.long_windows} windows of {self.window_capacity}" if self.long_windows > 1 else ""
+        if self.pooled_only:
+            windows = " (Flux reads CLIP-L's pooled vector, of one window)"
+        if self.vanilla_reads == self.vanilla_tokens and self.long_reads == self.long_tokens:
+            long_windows = f" (Long-CLIP{windows})" if windows and not self.pooled_only else ""
+            return f"{counts} (each by its own tokenizer): both encoders read the whole prompt{long_windows}."
+        if self.vanilla_reads == self.vanilla_tokens:
+            vanilla = "vanilla CLIP reads them all"
+        else:
+            vanilla = f"vanilla CLIP reads the first {self.vanilla_reads} and never sees the highlighted rest"
+        long = "all" if self.long_reads == self.long_tokens else "the first"
+        return f"{counts} (each by its own tokenizer): {vanilla}; Long-CLIP reads {long} {self.long_reads}{windows}."
 
-def _cut_offset(tokenizer: PreTrainedTokenizerBase, prompt: str, limit: int) -> int | None:
-    """Character offset in `prompt` where `tokenizer` stops reading after `limit` content tokens (None: never)."""
-    offsets = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True, verbose=False).offset_mapping
-    if len(offsets) <= limit:
-        return None
-    return offsets[limit][0]
+    def _t5_summary(self) -> str:
+        if self.t5_tokens is None:
+            return ""
+        if self.t5_reads == self.t5_tokens:
+            return f" T5 (in both pipelines) reads all {self.t5_tokens} of its tokens."
+        return f" T5 (in both pipelines) reads the first {self.t5_reads} of its {self.t5_tokens} tokens."
 
 
 def prompt_coverage(
     prompt: str,
     vanilla_tokenizer: PreTrainedTokenizerBase,
     long_tokenizer: PreTrainedTokenizerBase,
-    long_limit: int | None = None,
+    *,
+    weighting: bool = True,
+    max_windows: int | None = None,
+    pooled_only: bool = False,
+    t5: T5Reading | None = None,
 ) -> PromptCoverage:
-    """Where each encoder stops reading `prompt`.
+    """What the stock pipeline (`vanilla_tokenizer`) and the Long-CLIP pipeline (`long_tokenizer`, with its
+    `prompt_weighting` and `max_prompt_windows` settings; `max_windows=1, pooled_only=True` for Flux) read of
+    `prompt` with CLIP, and with `t5` (SD 3, Flux), what T5 reads of it.
 
-    The vanilla pipeline truncates with its own tokenizer at `model_max_length - 2` content tokens, so its
-    offsets give the exact cut. Long-CLIP reads everything unless `long_limit` (content tokens) is set.
+    Spans change label only where a word starts: a word an encoder reads only part of counts as unread.
     """
-    tokens = count_tokens(long_tokenizer, prompt)
     vanilla_limit = vanilla_tokenizer.model_max_length - 2
-    vanilla_cut = _cut_offset(vanilla_tokenizer, prompt, vanilla_limit)
-    long_cut = _cut_offset(long_tokenizer, prompt, long_limit) if long_limit is not None else None
-    spans: list[tuple[str, str | None]] = []
-    end_both = vanilla_cut if vanilla_cut is not None else len(prompt)
-    spans.append((prompt[:end_both], BOTH))
-    if vanilla_cut is not None:
-        end_long = long_cut if long_cut is not None else len(prompt)
-        spans.append((prompt[vanilla_cut:end_long], LONG_ONLY))
-        if long_cut is not None:
-            spans.append((prompt[long_cut:], DROPPED))
-    vanilla_reads = min(tokens, vanilla_limit)
-    long_reads = tokens if long_limit is None else min(tokens, long_limit)
-    return PromptCoverage(tokens, vanilla_reads, long_reads, [s for s in spans if s[0]])
+    vanilla = vanilla_tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    vanilla_reads = min(len(vanilla.input_ids), vanilla_limit)
+    vanilla_cut = len(prompt)
+    if vanilla_reads < len(vanilla.input_ids):
+        vanilla_cut = _vanilla_cut(vanilla_tokenizer, vanilla.input_ids, vanilla.offset_mapping, vanilla_limit)
+
+    capacity = long_tokenizer.model_max_length - 2
+    windows = tokenize_windows(prompt, long_tokenizer, capacity, weighting).token_ids
+    long_tokens = sum(len(window) for window in windows)
+    read_windows = windows[:max_windows] if max_windows is not None else windows
+    long_reads = sum(len(window) for window in read_windows)
+    long_cut = len(prompt)
+    if long_reads < long_tokens:
+        long_cut = _long_cut(prompt, long_tokenizer, capacity, weighting, long_reads)
+    t5_tokens = t5_reads = None
+    if t5 is not None:  # as `encode_t5_prompts` reads it: the parsed prompt, then `</s>`
+        t5_tokens = sum(len(ids) for ids, _ in tokenize_weighted(prompt, t5.tokenizer, weighting))
+        t5_reads = min(t5_tokens, t5.max_sequence_length - 1)
+    return PromptCoverage(
+        vanilla_tokens=len(vanilla.input_ids),
+        vanilla_reads=vanilla_reads,
+        long_tokens=long_tokens,
+        long_reads=long_reads,
+        long_windows=len(read_windows),
+        window_capacity=capacity,
+        spans=_spans(prompt, vanilla_cut, long_cut),
+        pooled_only=pooled_only,
+        t5_tokens=t5_tokens,
+        t5_reads=t5_reads,
+    )
+
+
+def _vanilla_cut(tokenizer: PreTrainedTokenizerBase, ids: list[int], offsets: list[tuple[int, int]], limit: int) -> int:
+    """Character offset of the first word the stock pipeline does not read whole (it reads `limit` tokens)."""
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    first_unread = limit
+    while first_unread > 0 and not tokens[first_unread - 1].endswith("</w>"):  # back to the start of the word
+        first_unread -= 1
+    return offsets[first_unread][0]
+
+
+def _long_cut(prompt: str, tokenizer: PreTrainedTokenizerBase, capacity: int, weighting: bool, reads: int) -> int:
+    """Character offset of the first word Long-CLIP does not read whole, when it reads only `reads` tokens.
+
+    `LongCLIPTokenizer` cleans the text before BPE, so its offsets do not point into the prompt: instead, find
+    the first word whose prefix of the prompt holds more than `reads` tokens (binary search over the words).
+    """
+    words = list(_WORD.finditer(prompt))
+
+    def tokens_up_to(word: int) -> int:
+        windows = tokenize_windows(prompt[: words[word].end()], tokenizer, capacity, weighting).token_ids
+        return sum(len(window) for window in windows)
+
+    low, high = 0, len(words) - 1  # the whole prompt holds more than `reads` tokens
+    while low < high:
+        middle = (low + high) // 2
+        if tokens_up_to(middle) > reads:
+            high = middle
+        else:
+            low = middle + 1
+    return words[low].start()
+
+
+def _spans(prompt: str, vanilla_cut: int, long_cut: int) -> list[tuple[str, str | None]]:
+    """The prompt as (text, label) spans: read by both, by one of the encoders, by neither."""
+    first, last = sorted((vanilla_cut, long_cut))
+    one_side = LONG_ONLY if vanilla_cut < long_cut else VANILLA_ONLY
+    spans = [(prompt[:first], BOTH), (prompt[first:last], one_side), (prompt[last:], DROPPED)]
+    return [span for span in spans if span[0]]

@@ -11,8 +11,8 @@ tokenizer = LongCLIPTokenizer.from_pretrained("BeichenZhang/LongCLIP-L")      # 
 from .convert import convert, stretch_checkpoint
 from .formats import Checkpoint, CheckpointError, load_checkpoint
 from .stretch import stretch_model, stretch_position_table, stretch_state_dict, stretched_length
-from .text_encoder import LongCLIPTextEncoder, check_pair
-from .tokenizer import LongCLIPTokenizer, clean_text
+from .text_encoder import LongCLIPTextEncoder
+from .tokenizer import LongCLIPTokenizer, check_pair, clean_text
 
 __version__ = "0.1.0"
 

@@ -6,8 +6,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .arguments import integer, real
 from .convert import DTYPES, OUTPUT_LAYOUTS, convert
 from .stretch import DEFAULT_KEEP, DEFAULT_RATIO
+
+MAX_IMAGE_SIDE = 4096
+MAX_STEPS = 1000  # SD and SDXL are trained on 1000 noise levels; schedulers refuse more steps
+MAX_GUIDANCE = 100.0
 
 EPILOG_SOURCES = (
     "SRC is a Hugging Face Hub repo id (e.g. BeichenZhang/LongCLIP-L), a local folder (Hugging Face, diffusers "
@@ -46,6 +51,12 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
         help='tokenizer pad token: "<|endoftext|>" as SD 1.5 (default) or "!" as open_clip and SDXL\'s '
         "second tokenizer (default: the source's own tokenizer, if it has one)",
     )
+    parser.add_argument(
+        "--sd2",
+        action="store_true",
+        help="write SD 2.x's text encoder: the tower without its last layer (SD 2.x reads the penultimate one, "
+        'through the final layer norm), no projection, a tokenizer padding with "!"',
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (once the new one is done)")
 
 
@@ -72,27 +83,58 @@ def build_parser() -> argparse.ArgumentParser:
     generate_parser = commands.add_parser(
         "generate", help="generate with Long-CLIP (and, with --compare, beside vanilla CLIP on the same seed)"
     )
-    generate_parser.add_argument("--pipeline", required=True, help="SD 1.x/2.x or SDXL pipeline: Hub id or folder")
+    generate_parser.add_argument(
+        "--pipeline",
+        required=True,
+        help="stock SD 1.x/2.x, SDXL, SD 3 or Flux.1 pipeline: Hub id or folder (the family is read from its "
+        "model_index.json)",
+    )
     generate_parser.add_argument("--long-encoder", required=True, help="Long-CLIP checkpoint (any SRC above)")
     generate_parser.add_argument("--prompt", required=True)
-    generate_parser.add_argument("--negative", help="negative prompt")
-    generate_parser.add_argument("--steps", type=int, default=30)
-    generate_parser.add_argument("--seed", type=int, default=0)
-    generate_parser.add_argument("--guidance", type=float, help="guidance scale (default: the pipeline's)")
-    generate_parser.add_argument("--width", type=int)
-    generate_parser.add_argument("--height", type=int)
+    generate_parser.add_argument("--negative", help="negative prompt (not for Flux.1)")
+    side_requirement = f"a multiple of 8 from 8 to {MAX_IMAGE_SIDE} (e.g. 512, 768, 1024)"
+    side = integer(8, MAX_IMAGE_SIDE, multiple_of=8, requirement=side_requirement)
     generate_parser.add_argument(
-        "--strategy", choices=("chunk", "stretch"), default="chunk", help="SDXL: how bigG reads long prompts"
+        "--steps",
+        type=integer(1, MAX_STEPS, requirement=f"a whole number of steps from 1 to {MAX_STEPS}"),
+        default=30,
+        help="denoising steps (default 30)",
+    )
+    generate_parser.add_argument(
+        "--seed", type=integer(0, 2**64 - 1, requirement="a seed from 0 to 2**64 - 1"), default=0, help="(default 0)"
+    )
+    generate_parser.add_argument(
+        "--guidance",
+        type=real(
+            0,
+            MAX_GUIDANCE,
+            requirement=f"a guidance scale from 0 to {MAX_GUIDANCE:g} (Stable Diffusion usually runs at 5 to 9; "
+            "1 or less turns classifier-free guidance off)",
+        ),
+        help="guidance scale (default: the pipeline's; Flux.1-dev: its distilled guidance, 3.5)",
+    )
+    generate_parser.add_argument("--width", type=side, help="pixels, with --height (default: the pipeline's size)")
+    generate_parser.add_argument("--height", type=side, help="pixels, with --width")
+    generate_parser.add_argument(
+        "--strategy", choices=("chunk", "stretch"), help="SDXL and SD 3: how bigG reads long prompts (default chunk)"
     )
     generate_parser.add_argument(
         "--compare", action="store_true", help="write a grid: vanilla CLIP | Long-CLIP, same seed, captioned"
     )
-    generate_parser.add_argument("--out", required=True, help="image file to write (.png, .jpg, ...)")
+    generate_parser.add_argument("--out", required=True, help="image file to write (.png, .webp, .jpg, ...)")
 
     from longclip_diffusers.training.train import add_train_arguments
 
     add_train_arguments(
         commands.add_parser("train", help="fine-tune a Long-CLIP (stretching + primary component matching)")
+    )
+
+    from longclip_diffusers.training.features import add_cache_arguments
+
+    add_cache_arguments(
+        commands.add_parser(
+            "cache-features", help="compute a dataset's image features once, for `train --image-features`"
+        )
     )
 
     from .comfy_export import add_comfy_export_arguments
@@ -121,10 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> str:
     """Carry out one parsed command; return the line to print."""
     if args.command == "tiny":
-        from .tiny import write_tiny_components
+        from .tiny import TINY_PIPELINES, first_training_command, write_tiny_components
 
         out = write_tiny_components(args.out, seed=args.seed, overwrite=args.overwrite)
-        return f"wrote tiny components to {out}: sd15/, sdxl/, longclip-sd15/, longclip-sdxl/"
+        return (
+            f"wrote tiny components to {out}: {', '.join(f'{name}/' for name in TINY_PIPELINES)}, "
+            f"{', '.join(f'longclip-{name}/' for name in TINY_PIPELINES)}, longclip-l/, train/\n"
+            f"a first training run on {out / 'train'}: {first_training_command(out)}"
+        )
     if args.command == "generate":
         return _generate(args)
     if args.command == "demo":
@@ -143,6 +189,10 @@ def run(args: argparse.Namespace) -> str:
         from longclip_diffusers.training.train import run_train
 
         return run_train(args)
+    if args.command == "cache-features":
+        from longclip_diffusers.training.features import run_cache_features
+
+        return run_cache_features(args)
     out = convert(
         args.source,
         args.out,
@@ -154,6 +204,7 @@ def run(args: argparse.Namespace) -> str:
         with_projection=args.with_projection,
         dtype=args.dtype,
         pad_token=args.pad_token,
+        sd2=args.sd2,
         overwrite=args.overwrite,
     )
     return f"wrote {out} ({args.to} layout)"
@@ -163,8 +214,22 @@ def _generate(args: argparse.Namespace) -> str:
     # The one place the library reaches into its pipelines: the command line is their front end too.
     from longclip_diffusers.pipelines import generate as generation
 
-    if args.steps < 1:
-        raise ValueError(f"--steps {args.steps}: give at least 1 step.")
+    from .prompts import parse_weighted_prompt
+
+    # Everything that can be checked without the models, before they load.
+    generation.image_format(args.out)
+    generation.check_size(args.width, args.height)
+    for prompt in (args.prompt, args.negative or ""):
+        parse_weighted_prompt(prompt)  # refuses weights out of range
+    if args.negative and args.guidance is not None and args.guidance <= 1:
+        raise ValueError(
+            f"--negative has no effect with --guidance {args.guidance:g}: classifier-free guidance (which reads the "
+            "negative prompt) needs a guidance scale above 1. Raise --guidance or leave --negative out."
+        )
+    # Then what the pipeline's model_index.json tells (its family), still before any model loads.
+    family = generation.pipeline_family(args.pipeline)
+    family.check_options(args.pipeline, strategy=args.strategy, negative_prompt=args.negative)
+
     pair = generation.load_pipelines(args.pipeline, args.long_encoder, strategy=args.strategy)
     options = dict(steps=args.steps, seed=args.seed, guidance_scale=args.guidance, width=args.width, height=args.height)
     if args.compare:
@@ -172,8 +237,9 @@ def _generate(args: argparse.Namespace) -> str:
     else:
         image = generation.generate(pair.long, args.prompt, args.negative, **options)
     out = generation.save_image(image, args.out)
-    tokens = generation.count_tokens(pair.long.tokenizer, args.prompt)
-    return f"wrote {out} ({tokens} prompt tokens{', vanilla CLIP | Long-CLIP' if args.compare else ''})"
+    read = generation.long_read(pair.long, args.prompt)
+    compared = ", vanilla CLIP | Long-CLIP" if args.compare else ""
+    return f"wrote {out} with {pair.family.name} (prompt: {read}{compared})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

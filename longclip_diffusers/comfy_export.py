@@ -21,10 +21,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .convert import DTYPES, POSITION_KEY, convert
-from .formats import atomic_output, safetensors_shapes
+from .atomic import atomic_output
+from .comfyui.encoders import CLIP_TYPES, read_back_single_file, role_problem
+from .convert import DTYPES, POSITION_KEY
+from .formats import Checkpoint, CheckpointError, load_checkpoint, safetensors_shapes
 from .hub import WEIGHT_SUFFIXES
 from .stretch import CLIP_POSITIONS
+from .tokenizer import LongCLIPTokenizer, check_pair
+from .writing import write_comfyui_text_encoder
 
 NODE_PACKAGE = "longclip_diffusers_nodes"
 CUSTOM_NODES = Path("custom_nodes")
@@ -51,7 +55,7 @@ __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
 _PYPROJECT = """[project]
 name = "longclip-diffusers-nodes"
 version = "{version}"
-description = "Long-CLIP text encoders for SD 1.5 and SDXL in ComfyUI: 248-token windows, prompts past 248 tokens."
+description = "Long-CLIP text encoders for SD 1.5, SDXL, SD 3 and Flux in ComfyUI: 248-token windows, long prompts."
 license = {{ text = "Apache-2.0" }}
 requires-python = ">=3.10"
 dependencies = ["longclip-diffusers>={version}"]
@@ -68,11 +72,11 @@ includes = []
 
 _README = """# Long-CLIP for ComfyUI
 
-Nodes (category **Long-CLIP**) that condition SD 1.5 and SDXL on prompts far past 77 tokens with
-[Long-CLIP](https://arxiv.org/abs/2403.15378) text encoders: 248 tokens per window, longer prompts in more
+Nodes (category **Long-CLIP**) that condition SD 1.5, SDXL, SD 3 / 3.5 and Flux.1 on prompts far past 77 tokens
+with [Long-CLIP](https://arxiv.org/abs/2403.15378) text encoders: 248 tokens per window, longer prompts in more
 windows, A1111 weighting (`(word)`, `(word:1.3)`, `[word]`, `BREAK`). They run the `longclip-diffusers` library,
 so a prompt gives the same conditioning as its diffusers pipelines (`LongCLIPStableDiffusionPipeline`,
-`LongCLIPStableDiffusionXLPipeline`).
+`LongCLIPStableDiffusionXLPipeline`, `LongCLIPStableDiffusion3Pipeline`, `LongCLIPFluxPipeline`).
 
 ## Install
 
@@ -85,67 +89,120 @@ so a prompt gives the same conditioning as its diffusers pipelines (`LongCLIPSta
 ## Nodes
 
 - **Load Long-CLIP** (`LongCLIPLoader`) -> `LONGCLIP`: `text_encoder`, a file in `models/text_encoders` or
-  `models/clip`; `clip_type`, `clip_l` (a Long-CLIP-L) or `clip_g` (SDXL's OpenCLIP-bigG).
+  `models/clip`; `clip_type`, `clip_l` (a Long-CLIP-L) or `clip_g` (SDXL's / SD 3's OpenCLIP-bigG).
 - **Long-CLIP Text Encode (SD 1.5)** (`LongCLIPTextEncode`) -> `CONDITIONING`: `long_clip`, `text`; optional
   `clip_skip`, `weighting`, `max_windows` (0: no limit).
 - **Long-CLIP Text Encode (SDXL)** (`LongCLIPTextEncodeSDXL`) -> `CONDITIONING` with `pooled_output`:
   `long_clip` (clip_l), `clip_g`, the sizes of CLIPTextEncodeSDXL, `text`, `strategy` (`chunk` or `stretch`);
   optional `text_g` (bigG's prompt, empty: `text`), `clip_skip`, `weighting`, `max_windows`.
+- **Long-CLIP Text Encode (SD3)** (`LongCLIPTextEncodeSD3`) -> `CONDITIONING` with `pooled_output`, as
+  CLIPTextEncodeSD3: `long_clip` (clip_l, with its text projection), `clip_g`, `t5`, `text`, `strategy`; optional
+  `text_g`, `text_t5` (empty: `text`), `clip_skip`, `weighting`, `max_windows`, `max_sequence_length` (T5's
+  tokens, default 256).
+- **Long-CLIP Text Encode (Flux)** (`LongCLIPTextEncodeFlux`) -> `CONDITIONING` with `pooled_output` and
+  `guidance`, as CLIPTextEncodeFlux: `long_clip` (clip_l), `t5`, `text`, `guidance`; optional `text_t5`,
+  `weighting`, `max_sequence_length` (default 512).
+- **T5 from CLIP (Long-CLIP)** (`LongCLIPT5FromCLIP`) -> `LONGCLIP_T5`: `clip`, a ComfyUI CLIP holding T5.
 - **Long-CLIP from CLIP (stretch)** (`LongCLIPStretch`) -> `LONGCLIP`: `clip` (e.g. from Load Checkpoint),
   `clip_type`, `keep`, `ratio`.
 
 - The loader reads single files (ComfyUI's layout, published Long-CLIP `.pt` files) and any file of a Hugging
   Face, diffusers or open_clip folder placed in the model folder; it lists only ComfyUI's model folders.
-- SDXL's bigG has no long version: `chunk` (default) reads the 248-token windows in 77-token chunks, aligned token
-  for token with Long-CLIP-L; `stretch` stretches it without training. Take bigG from the checkpoint with
-  "Long-CLIP from CLIP" (`clip_type` clip_g, `ratio` 1), or load a `clip_g` file as clip_g.
+- SDXL's and SD 3's bigG has no long version: `chunk` (default) reads the 248-token windows in 77-token chunks,
+  aligned token for token with Long-CLIP-L; `stretch` stretches it without training. Take bigG from the
+  checkpoint with "Long-CLIP from CLIP" (`clip_type` clip_g, `ratio` 1), or load a `clip_g` file as clip_g.
+- T5 comes from a ComfyUI CLIP that holds one: CLIPLoader (type `sd3`) with a t5xxl file (fp16, bf16, fp8 or
+  scaled fp8) loads T5 alone; DualCLIPLoader, TripleCLIPLoader and checkpoints that bundle T5 work too. "T5 from
+  CLIP" copies its weights (and takes its tokenizer) into the T5 model the diffusers pipelines run, so T5 takes
+  its memory a second time (about 9.5 GB for T5-XXL in fp16).
+- Flux reads only Long-CLIP-L's pooled vector: up to 246 tokens of `text` (to the first `BREAK`); T5 reads up to
+  `max_sequence_length` tokens. Weights scale T5's states (and CLIP's states for SD 3), never a pooled vector.
 - "Long-CLIP from CLIP" with `ratio` 4 makes a training-free 248-position encoder from a 77-position one.
-- Encode the negative prompt with a second encode node. LoRA loaders patch ComfyUI's CLIP, not these
-  encoders; "Long-CLIP from CLIP" reads a CLIP with its patches applied.
+- Encode the negative prompt with a second encode node (Flux.1-dev runs at cfg 1: zero out the positive one).
+  LoRA loaders patch ComfyUI's CLIP, not these encoders; "Long-CLIP from CLIP" and "T5 from CLIP" read a CLIP
+  with its patches applied.
 - ComfyUI's own CLIP loaders also load the exported `.safetensors` natively as Long-CLIP-L (with ComfyUI's
   prompt handling instead of these nodes').
 
-## Example workflow (SDXL, API format)
+## Example workflows (API format)
 
-`workflows/longclip_sdxl_api.json` (drop it on ComfyUI; `workflows/longclip_sd15_api.json` for SD 1.5):
+`workflows/longclip_sdxl_api.json` (drop it on ComfyUI; `longclip_sd15_api.json`, `longclip_sd3_api.json` and
+`longclip_flux_api.json` for SD 1.5, SD 3.5 and Flux.1-dev), SDXL:
 
 ```json
 {workflow}
 ```
 """
 
+WORKFLOW_FAMILIES = ("sd15", "sdxl", "sd3", "flux")
+_EXAMPLE_PROMPT = (
+    "A highly detailed oil painting of an old stone lighthouse on a rugged cliff at dusk, waves crashing on "
+    "the black rocks below, seagulls circling in a sky streaked with orange and violet, a warm light glowing "
+    "in the lantern room, a narrow staircase winding down to a small pier where fishermen mend their nets"
+)
+_EXAMPLE_NEGATIVE = "blurry, low quality, watermark"
+# T5-XXL loaded alone into a ComfyUI CLIP, for "T5 from CLIP"
+_T5_CLIP = {"class_type": "CLIPLoader", "inputs": {"clip_name": "t5xxl_fp16.safetensors", "type": "sd3"}}
+_T5 = {"class_type": "LongCLIPT5FromCLIP", "inputs": {"clip": ["10", 0]}}
 
-def example_workflow(encoder_name: str = DEFAULT_ENCODER_NAME, sdxl: bool = True) -> dict:
-    """A text-to-image workflow in ComfyUI's API format using these nodes (SDXL, or SD 1.5)."""
-    prompt = (
-        "A highly detailed oil painting of an old stone lighthouse on a rugged cliff at dusk, waves crashing on "
-        "the black rocks below, seagulls circling in a sky streaked with orange and violet, a warm light glowing "
-        "in the lantern room, a narrow staircase winding down to a small pier where fishermen mend their nets"
-    )
-    negative = "blurry, low quality, watermark"
-    size = 1024 if sdxl else 512
+
+def example_workflow(encoder_name: str = DEFAULT_ENCODER_NAME, family: str = "sdxl") -> dict:
+    """A text-to-image workflow in ComfyUI's API format using these nodes, for a family of `WORKFLOW_FAMILIES`:
+    SD 1.5, SDXL, SD 3.5 (Large) or Flux.1-dev."""
+    if family not in WORKFLOW_FAMILIES:
+        raise ValueError(f"Unknown family {family!r}; choose one of {', '.join(WORKFLOW_FAMILIES)}.")
+    checkpoints = {
+        "sd15": "v1-5-pruned-emaonly.safetensors",
+        "sdxl": "sd_xl_base_1.0.safetensors",
+        "sd3": "sd3.5_large.safetensors",
+    }
+    size = 512 if family == "sd15" else 1024
     nodes: dict[str, dict] = {
-        "1": {
-            "class_type": "CheckpointLoaderSimple",
-            "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors" if sdxl else "v1-5-pruned-emaonly.safetensors"},
-        },
+        "1": (
+            {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}}
+            if family == "flux"
+            else {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoints[family]}}
+        ),
         "2": {"class_type": "LongCLIPLoader", "inputs": {"text_encoder": encoder_name, "clip_type": "clip_l"}},
     }
-    if sdxl:
+    long_clip = {"long_clip": ["2", 0]}
+    texts = {"4": _EXAMPLE_PROMPT, "5": _EXAMPLE_NEGATIVE}
+    if family == "sd15":
+        for node, text in texts.items():
+            nodes[node] = {"class_type": "LongCLIPTextEncode", "inputs": {**long_clip, "text": text}}
+    elif family == "sdxl":
         nodes["3"] = {
             "class_type": "LongCLIPStretch",
             "inputs": {"clip": ["1", 1], "clip_type": "clip_g", "keep": 20, "ratio": 1},
         }
         sizes = dict(width=size, height=size, crop_w=0, crop_h=0, target_width=size, target_height=size)
-        for node, text in (("4", prompt), ("5", negative)):
-            nodes[node] = {
-                "class_type": "LongCLIPTextEncodeSDXL",
-                "inputs": {"long_clip": ["2", 0], "clip_g": ["3", 0], **sizes, "text": text, "strategy": "chunk"},
-            }
+        for node, text in texts.items():
+            inputs = {**long_clip, "clip_g": ["3", 0], **sizes, "text": text, "strategy": "chunk"}
+            nodes[node] = {"class_type": "LongCLIPTextEncodeSDXL", "inputs": inputs}
+    elif family == "sd3":
+        nodes["3"] = {
+            "class_type": "LongCLIPLoader",
+            "inputs": {"text_encoder": "clip_g.safetensors", "clip_type": "clip_g"},
+        }
+        nodes["10"], nodes["11"] = _T5_CLIP, _T5
+        for node, text in texts.items():
+            inputs = {**long_clip, "clip_g": ["3", 0], "t5": ["11", 0], "text": text, "strategy": "chunk"}
+            nodes[node] = {"class_type": "LongCLIPTextEncodeSD3", "inputs": inputs}
     else:
-        for node, text in (("4", prompt), ("5", negative)):
-            nodes[node] = {"class_type": "LongCLIPTextEncode", "inputs": {"long_clip": ["2", 0], "text": text}}
-    nodes["6"] = {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}}
+        nodes["10"], nodes["11"] = _T5_CLIP, _T5
+        inputs = {**long_clip, "t5": ["11", 0], "text": _EXAMPLE_PROMPT, "guidance": 3.5}
+        nodes["4"] = {"class_type": "LongCLIPTextEncodeFlux", "inputs": inputs}
+        nodes["5"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["4", 0]}}  # cfg 1: unused
+        nodes["12"] = {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}}
+    latent = "EmptyLatentImage" if family in ("sd15", "sdxl") else "EmptySD3LatentImage"
+    nodes["6"] = {"class_type": latent, "inputs": {"width": size, "height": size, "batch_size": 1}}
+    sampling = {
+        "sd15": (30, 7.0, "normal"),
+        "sdxl": (30, 7.0, "normal"),
+        "sd3": (28, 4.5, "sgm_uniform"),
+        "flux": (20, 1.0, "simple"),
+    }
+    steps, cfg, scheduler = sampling[family]
     nodes["7"] = {
         "class_type": "KSampler",
         "inputs": {
@@ -154,14 +211,15 @@ def example_workflow(encoder_name: str = DEFAULT_ENCODER_NAME, sdxl: bool = True
             "negative": ["5", 0],
             "latent_image": ["6", 0],
             "seed": 0,
-            "steps": 30,
-            "cfg": 7.0,
+            "steps": steps,
+            "cfg": cfg,
             "sampler_name": "euler",
-            "scheduler": "normal",
+            "scheduler": scheduler,
             "denoise": 1.0,
         },
     }
-    nodes["8"] = {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2]}}
+    vae = ["12", 0] if family == "flux" else ["1", 2]
+    nodes["8"] = {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": vae}}
     nodes["9"] = {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "longclip"}}
     return nodes
 
@@ -174,10 +232,7 @@ def format_workflow(workflow: dict) -> str:
 
 def write_node_package(folder: Path, encoder_name: str = DEFAULT_ENCODER_NAME) -> None:
     """Write the custom-node package (shim, registry metadata, README, example workflows) into `folder`."""
-    workflows = {
-        "longclip_sdxl_api.json": example_workflow(encoder_name, sdxl=True),
-        "longclip_sd15_api.json": example_workflow(encoder_name, sdxl=False),
-    }
+    workflows = {f"longclip_{family}_api.json": example_workflow(encoder_name, family) for family in WORKFLOW_FAMILIES}
     (folder / "workflows").mkdir(parents=True)
     for name, workflow in workflows.items():
         (folder / "workflows" / name).write_text(format_workflow(workflow) + "\n", encoding="utf-8")
@@ -216,6 +271,56 @@ def _is_long_clip_l(path: Path) -> bool:
     return rows > CLIP_POSITIONS and not any(".layers.22." in key or ".layers.30." in key for key in shapes)
 
 
+# What the Load Long-CLIP node must read back from a single file exactly as the source's config says.
+_CONFIG_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "max_position_embeddings",
+    "hidden_act",
+    "layer_norm_eps",
+)
+_USE_A_FOLDER = (
+    "Put a folder with its config into models/text_encoders instead (the node reads a folder's config.json; "
+    "`longclip convert SRC FOLDER` makes one)."
+)
+
+
+def check_exportable(checkpoint: Checkpoint) -> None:
+    """Refuse an encoder the Load Long-CLIP node would refuse, or read with another config, once exported as a
+    single file (weights without a config), saying why and what to do instead. Writes nothing."""
+    source = checkpoint.source
+    try:
+        read_back = read_back_single_file(checkpoint)
+    except CheckpointError as error:
+        reason = str(error).removeprefix(f"{source}: ")
+        raise CheckpointError(
+            f"{source}: the Load Long-CLIP node could not load the exported file, which holds no config: {reason}"
+        ) from None
+    differences = [
+        f"{name}={getattr(read_back.text_config, name)!r} instead of {getattr(checkpoint.text_config, name)!r}"
+        for name in _CONFIG_FIELDS
+        if getattr(read_back.text_config, name) != getattr(checkpoint.text_config, name)
+    ]
+    if differences:
+        raise CheckpointError(
+            f"{source}: the exported file holds no config, and the Load Long-CLIP node would infer "
+            f"{', '.join(differences)} from its weights (it assumes OpenAI's 64-wide heads and QuickGELU, or "
+            f"OpenCLIP-H/bigG by depth). {_USE_A_FOLDER}"
+        )
+    problems = [role_problem(read_back, clip_type) for clip_type in CLIP_TYPES]
+    if all(problems):
+        clip_l, clip_g = problems
+        raise CheckpointError(
+            f"{source}: the Load Long-CLIP node would refuse it both as clip_l and as clip_g. As clip_l: it {clip_l} "
+            f"As clip_g: it {clip_g} Export a long version instead: `longclip stretch SRC LONG`, then --encoder LONG."
+        )
+    tokenizer = LongCLIPTokenizer.from_pretrained(model_max_length=read_back.num_positions)
+    check_pair(tokenizer, read_back.text_config, source)  # the node gives a single file CLIP's own tokenizer
+
+
 def export_comfyui(
     out: str | os.PathLike,
     encoders: Sequence[str | os.PathLike] = (),
@@ -225,10 +330,11 @@ def export_comfyui(
 ) -> Path:
     """Write the custom-node package and the `encoders` (any source `longclip convert` reads) under `out`.
 
-    `out` may be an existing ComfyUI folder: only the package folder and the encoder files are written. All are
-    built in a staging folder inside `out` first, so a source that fails leaves `out` as it was; then each is
-    renamed into place. Existing ones are replaced only with `overwrite=True`. `dtype` (fp32, fp16, bf16)
-    converts the encoders' weights. Returns `out`.
+    Every encoder is read and checked first (`check_exportable`: the Load Long-CLIP node must load the file as
+    it is meant), before anything is written. `out` may be an existing ComfyUI folder: only the package folder
+    and the encoder files are written. All are built in a staging folder inside `out` first, so a failure leaves
+    `out` as it was; then each is renamed into place. Existing ones are replaced only with `overwrite=True`.
+    `dtype` (fp32, fp16, bf16) converts the encoders' weights. Returns `out`.
     """
     out = Path(out)
     if dtype is not None and dtype not in DTYPES:
@@ -244,13 +350,17 @@ def export_comfyui(
     existing = [str(out / target) for target in targets if (out / target).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{', '.join(existing)}: already exists; choose another output or pass --overwrite.")
+    checkpoints = [load_checkpoint(source) for source in encoders]
+    for checkpoint in checkpoints:
+        check_exportable(checkpoint)
 
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".longclip-comfy-export.", suffix=".tmp", dir=out))
     try:
-        for source, name in zip(encoders, names, strict=True):
-            convert(source, staging / TEXT_ENCODERS / name, to="comfyui", dtype=dtype)
+        (staging / TEXT_ENCODERS).mkdir(parents=True)
+        for checkpoint, name in zip(checkpoints, names, strict=True):
+            write_comfyui_text_encoder(checkpoint, staging / TEXT_ENCODERS / name, DTYPES[dtype] if dtype else None)
         long_names = [name for name in names if _is_long_clip_l(staging / TEXT_ENCODERS / name)]
         write_node_package(staging / CUSTOM_NODES / NODE_PACKAGE, (long_names or [DEFAULT_ENCODER_NAME])[0])
         for target in targets:

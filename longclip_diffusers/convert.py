@@ -1,4 +1,4 @@
-"""Write a checkpoint in each output layout: diffusers text encoder, full CLIPModel, ComfyUI text encoder."""
+"""`convert` and `stretch_checkpoint`: read any checkpoint, optionally stretch it, write it in an output layout."""
 
 from __future__ import annotations
 
@@ -8,27 +8,16 @@ from typing import Literal
 
 import torch
 
-from .formats import (
-    Checkpoint,
-    CheckpointError,
-    atomic_output,
-    load_checkpoint,
-    write_clip_model,
-    write_comfyui_text_encoder,
-    write_text_encoder,
-)
-from .stretch import CLIP_POSITIONS, DEFAULT_KEEP, DEFAULT_RATIO, stretch_position_table
-from .text_encoder import check_pair
-from .tokenizer import LongCLIPTokenizer
+from .atomic import atomic_output
+from .formats import Checkpoint, CheckpointError, check_checkpoint, load_checkpoint
+from .stretch import CLIP_POSITIONS, DEFAULT_KEEP, DEFAULT_RATIO, stretch_position_table, stretched_length
+from .writing import save_clip, save_diffusers, write_comfyui_text_encoder
 
 OutputLayout = Literal["diffusers", "clip", "comfyui"]
 OUTPUT_LAYOUTS: tuple[str, ...] = ("diffusers", "clip", "comfyui")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 POSITION_KEY = "text_model.embeddings.position_embedding.weight"
-
-# OpenAI CLIP's image normalisation, used by every CLIP / Long-CLIP checkpoint.
-CLIP_IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
+SD2_LAYERS = 23  # of OpenCLIP-H's 24: SD 2.x's diffusers text encoder
 
 
 def stretch_checkpoint(checkpoint: Checkpoint, keep: int = DEFAULT_KEEP, ratio: int = DEFAULT_RATIO) -> Checkpoint:
@@ -45,48 +34,28 @@ def stretch_checkpoint(checkpoint: Checkpoint, keep: int = DEFAULT_KEEP, ratio: 
     return checkpoint
 
 
-def tokenizer_for(checkpoint: Checkpoint, pad_token: str | None = None) -> LongCLIPTokenizer:
-    """The tokenizer to ship beside `checkpoint`: the source's own files if it has them, else CLIP's BPE."""
-    source = checkpoint.source if Path(checkpoint.source).exists() else None  # None: an in-memory state dict
-    tokenizer = LongCLIPTokenizer.from_pretrained(
-        source, model_max_length=checkpoint.num_positions, pad_token=pad_token
-    )
-    check_pair(tokenizer, checkpoint.text_config, checkpoint.source)
-    return tokenizer
+def sd2_text_encoder(checkpoint: Checkpoint) -> Checkpoint:
+    """SD 2.x's text encoder of an OpenCLIP-H-like checkpoint (in place): its text tower without the last layer.
 
-
-def save_diffusers(
-    checkpoint: Checkpoint,
-    out: Path,
-    *,
-    with_projection: bool | None = None,
-    dtype: torch.dtype | None = None,
-    pad_token: str | None = None,
-) -> None:
-    """`out/text_encoder/` + `out/tokenizer/`, loadable with plain `CLIPTextModel` / `CLIPTokenizer`."""
-    write_text_encoder(checkpoint, out / "text_encoder", with_projection, dtype)
-    tokenizer_for(checkpoint, pad_token).save_pretrained(out / "tokenizer")
-
-
-def clip_image_processor(size: int):
-    """CLIP's preprocessing at `size` pixels: bicubic resize of the short side, centre crop, OpenAI statistics."""
-    from transformers import CLIPImageProcessor
-
-    return CLIPImageProcessor(
-        size={"shortest_edge": size},
-        crop_size={"height": size, "width": size},
-        image_mean=CLIP_IMAGE_MEAN,
-        image_std=CLIP_IMAGE_STD,
-    )
-
-
-def save_clip(checkpoint: Checkpoint, out: Path, *, dtype: torch.dtype | None = None, pad_token: str | None = None):
-    """A full `CLIPModel` + `CLIPProcessor` folder (text and vision towers)."""
-    from transformers import CLIPProcessor
-
-    write_clip_model(checkpoint, out, dtype)
-    image_processor = clip_image_processor(checkpoint.vision_config.image_size)
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer_for(checkpoint, pad_token)).save_pretrained(out)
+    SD 2.x conditions on the penultimate layer's states through the final layer norm; diffusers stores that as a
+    `CLIPTextModel` one layer short (23 of ViT-H's 24), whose `last_hidden_state` is exactly those states. The image
+    tower and the projection, which SD 2.x does not use, are left out.
+    """
+    layers, width = checkpoint.text_config.num_hidden_layers, checkpoint.text_config.hidden_size
+    if layers < 2:
+        raise CheckpointError(f"{checkpoint.source}: has {layers} text layer; SD 2.x reads the one before the last.")
+    if (layers, width) == (SD2_LAYERS, 1024):
+        raise CheckpointError(
+            f"{checkpoint.source}: already SD 2.x's text encoder ({SD2_LAYERS} of OpenCLIP-H's 24 layers); convert it "
+            "without --sd2."
+        )
+    last = f"text_model.encoder.layers.{layers - 1}."
+    for key in [k for k in checkpoint.state_dict if k.startswith(last) or not k.startswith("text_model.")]:
+        del checkpoint.state_dict[key]
+    checkpoint.text_config.num_hidden_layers = layers - 1
+    checkpoint.vision_config = checkpoint.projection_dim = None
+    checkpoint.text_architecture = "CLIPTextModel"
+    return check_checkpoint(checkpoint)
 
 
 def convert(
@@ -101,12 +70,14 @@ def convert(
     with_projection: bool | None = None,
     dtype: str | None = None,
     pad_token: str | None = None,
+    sd2: bool = False,
     overwrite: bool = False,
 ) -> Path:
     """Convert `source` (any layout `load_checkpoint` reads) to `out` in layout `to`; return `out`.
 
-    `stretch=(keep, ratio)` first makes a training-free long version. `out` appears only once complete.
-    For `to="comfyui"`, `out` is the `.safetensors` file to write.
+    `stretch=(keep, ratio)` first makes a training-free long version; `sd2=True` writes SD 2.x's text encoder
+    (`sd2_text_encoder`) with a tokenizer that pads with "!" as SD 2.x's does (unless `pad_token` says otherwise).
+    `out` appears only once complete. For `to="comfyui"`, `out` is the `.safetensors` file to write.
     """
     if to not in OUTPUT_LAYOUTS:
         raise ValueError(f"Unknown output layout {to!r}; choose one of {', '.join(OUTPUT_LAYOUTS)}.")
@@ -115,9 +86,19 @@ def convert(
     out = Path(out)
     if to == "comfyui" and out.suffix != ".safetensors":
         raise ValueError(f"{out}: a ComfyUI text encoder is one file; give an output path ending in .safetensors.")
+    if stretch is not None:
+        stretched_length(CLIP_POSITIONS, *stretch)  # refuses bad arguments before anything is read
+    if sd2 and (to != "diffusers" or with_projection):
+        raise ValueError(
+            "--sd2 writes SD 2.x's text encoder, a CLIPTextModel in the diffusers layout: use it with --to diffusers "
+            "and without --with-projection."
+        )
     checkpoint = load_checkpoint(source, subfolder=subfolder, revision=revision, open_clip_model=open_clip_model)
     if stretch is not None:
         stretch_checkpoint(checkpoint, *stretch)
+    if sd2:
+        sd2_text_encoder(checkpoint)
+        pad_token = pad_token or "!"
     torch_dtype = DTYPES[dtype] if dtype else None
     with atomic_output(out, overwrite=overwrite) as tmp:
         if to == "diffusers":

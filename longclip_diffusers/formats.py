@@ -1,4 +1,4 @@
-"""Read every CLIP checkpoint layout into one canonical state dict, and write each output layout.
+"""Read every CLIP checkpoint layout into one canonical state dict (writing is `writing.py`).
 
 Canonical layout: the key names of a Hugging Face `CLIPModel` (`text_model.*`, optionally `vision_model.*`,
 `text_projection.weight`, `visual_projection.weight`, `logit_scale`), plus the configs that describe it.
@@ -14,7 +14,6 @@ Layouts read:
 - single-file text encoders in the Hugging Face layout (ComfyUI's `text_encoders/*.safetensors`).
 
 Pickles are never trusted: `.pt` files are read with `torch.load(weights_only=True)`, which refuses code.
-Outputs are streamed tensor by tensor into a temporary folder that is renamed into place when complete.
 """
 
 from __future__ import annotations
@@ -24,19 +23,21 @@ import logging
 import math
 import os
 import pickle
-import shutil
 import struct
-import tempfile
-import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from tqdm.auto import tqdm
-from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+from transformers import (
+    CLIPConfig,
+    CLIPModel,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPVisionConfig,
+)
 
 from .hub import WEIGHT_SUFFIXES, resolve
 
@@ -93,31 +94,74 @@ class Checkpoint:
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a weights file without running any code in it; `.pt` files are memory-mapped when possible."""
+    """Read a weights file without running any code in it; `.pt` files are memory-mapped when possible.
+
+    A safetensors file is read as one whatever its suffix (e.g. saved as `.bin`).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file.")
-    if path.suffix == ".safetensors":
+    head = _check_weights_file(path)
+    is_zip = head.startswith(_ZIP_MAGIC)
+    if path.suffix == ".safetensors" and is_zip:  # torch.load reads a .safetensors path as safetensors
+        raise CheckpointError(f"{path}: is a PyTorch checkpoint, not a safetensors file; rename it to .pt.")
+    if path.suffix == ".safetensors" or head[8:10] == _SAFETENSORS_HEADER_START:
         return _read_safetensors(path)
     try:
-        try:
-            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as error:
-            if "mmap" not in str(error) and "zip" not in str(error):
-                raise
-            loaded = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+        # torch.load tells its zip format (memory-mappable) from the legacy one only by failing; look first
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as error:
+        if not any(marker in str(error) for marker in _CODE_MARKERS):
+            raise CheckpointError(
+                f"{path}: not a PyTorch checkpoint (its pickle data is invalid). {_DOWNLOAD_AGAIN}"
+            ) from None
         raise CheckpointError(
             f"{path}: refused to load: the file holds pickled Python objects, not only tensors, and loading it "
             "could run code. Only load checkpoints you trust; convert a trusted one to .safetensors first. "
-            f"(torch said: {str(error).splitlines()[0]})"
+            f"(torch said: {_first_line(error)})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+    except Exception as error:  # torch's readers fail on damaged files with any error type (EOFError, KeyError...)
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint (truncated or corrupt download?): "
-            f"{str(error).splitlines()[0]}. Download it again."
+            f"{_first_line(error)}. {_DOWNLOAD_AGAIN}"
         ) from None
     return _unwrap(loaded, path)
+
+
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
+_SAFETENSORS_HEADER_START = b'{"'  # a safetensors file: 8 bytes of header length, then its JSON header
+# Markers of torch's weights-only refusal of a pickle that names code (as opposed to a damaged pickle).
+_CODE_MARKERS = ("Unsupported global", "Trying to call reduce", "Unsupported class")
+_DOWNLOAD_AGAIN = "Download it again."
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _check_weights_file(path: Path) -> bytes:
+    """The first bytes of a weights file, after refusing what cannot hold weights: empty files and text files
+    (a Git LFS pointer, an error page saved in place of the download)."""
+    with open(path, "rb") as handle:
+        head = handle.read(64)
+    if not head:
+        raise CheckpointError(f"{path}: is empty (0 bytes); the download or copy did not finish. {_DOWNLOAD_AGAIN}")
+    if head.startswith(b"version https://git-lfs"):
+        raise CheckpointError(
+            f"{path}: is a Git LFS pointer, not the weights; fetch them with `git lfs pull` in its repository "
+            "(or download the file itself)."
+        )
+    if all(32 <= byte < 127 or byte in b"\t\n\r" for byte in head):
+        raise CheckpointError(
+            f"{path}: holds text ({head[:32].decode()!r}...), not weights; an error page saved in place of the "
+            f"file? {_DOWNLOAD_AGAIN}"
+        )
+    return head
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -126,8 +170,19 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
             return {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError) as error:
         raise CheckpointError(
-            f"{path}: not a complete safetensors file (truncated or corrupt download?): {error}. Download it again."
+            f"{path}: not a complete safetensors file (truncated or corrupt download?): {error}. {_DOWNLOAD_AGAIN}"
         ) from None
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object from a config file, or a one-line error naming the file."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path}: not valid JSON ({error}); restore or download the file again.") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: holds a JSON {type(config).__name__}, not the object of a config.")
+    return config
 
 
 def _unwrap(loaded: object, path: Path) -> dict[str, torch.Tensor]:
@@ -148,10 +203,15 @@ def safetensors_shapes(path: str | os.PathLike) -> dict[str, list[int]]:
     try:
         with open(path, "rb") as handle:
             (header_size,) = struct.unpack("<Q", handle.read(8))
+            if header_size > _MAX_SAFETENSORS_HEADER:
+                raise ValueError(f"a header of {header_size} bytes")
             header = json.loads(handle.read(header_size))
-    except (struct.error, ValueError, MemoryError) as error:
+        return {key: list(entry["shape"]) for key, entry in header.items() if key != "__metadata__"}
+    except (struct.error, ValueError, AttributeError, KeyError, TypeError) as error:
         raise CheckpointError(f"{path}: not a safetensors file (unreadable header: {error}).") from None
-    return {key: entry["shape"] for key, entry in header.items() if key != "__metadata__"}
+
+
+_MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors format's own limit
 
 
 def text_positions(folder: Path) -> int | None:
@@ -167,7 +227,7 @@ def text_positions(folder: Path) -> int | None:
                 return None
             for key, shape in shapes.items():
                 if key.endswith("embeddings.position_embedding.weight") and not key.startswith("vision_model."):
-                    return shape[0]
+                    return shape[0] if shape else None
     return None
 
 
@@ -293,7 +353,7 @@ def canonical_to_openai(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _configs_from_openai(
-    sd: dict[str, torch.Tensor], model_cfg: dict | None
+    sd: dict[str, torch.Tensor], model_cfg: dict | None, where: Path
 ) -> tuple[CLIPTextConfig, CLIPVisionConfig | None, int | None]:
     """Build configs from canonical tensor shapes; heads and activation come from an open_clip config if given.
 
@@ -306,8 +366,10 @@ def _configs_from_openai(
     width = sd["text_model.final_layer_norm.weight"].shape[0]
     if not model_cfg and width % 64:
         raise CheckpointError(
-            f"Text width {width} is not a multiple of 64, so the head count cannot be inferred the OpenAI way; "
-            "pass the open_clip architecture (--open-clip-model NAME or a config JSON)."
+            f"{where}: text width {width} is not a multiple of 64, so the head count cannot be inferred from the "
+            "weights alone (as OpenAI's 64-wide heads). Use a folder that has its config (for ComfyUI, in "
+            "models/text_encoders), or name its open_clip architecture: `longclip convert SRC OUT --open-clip-model "
+            "NAME` (open_clip_model=NAME in Python; NAME may be a config JSON), then use the converted folder."
         )
     projection_dim = sd["text_projection.weight"].shape[0] if "text_projection.weight" in sd else None
     text_config = CLIPTextConfig(
@@ -356,7 +418,10 @@ def hf_to_canonical(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index}: has no weight_map; restore or download the file again.")
+        shards = sorted(set(weight_map.values()))
         return {key: value for shard in shards for key, value in _read_safetensors(folder / shard).items()}
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (folder / name).is_file():
@@ -365,7 +430,8 @@ def _read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _fix_position_count(text_config: CLIPTextConfig, sd: dict[str, torch.Tensor], where: Path) -> None:
-    rows = sd["text_model.embeddings.position_embedding.weight"].shape[0]
+    table = sd["text_model.embeddings.position_embedding.weight"]
+    rows = table.shape[0] if table.ndim else 0
     if text_config.max_position_embeddings != rows:
         logger.warning(
             "%s: config says max_position_embeddings=%d but the position table has %d rows; using %d.",
@@ -378,27 +444,30 @@ def _fix_position_count(text_config: CLIPTextConfig, sd: dict[str, torch.Tensor]
 
 
 def _load_hf_folder(folder: Path) -> Checkpoint:
-    config_dict = json.loads((folder / "config.json").read_text())
+    config_dict = _read_json(folder / "config.json")
     sd = hf_to_canonical(_read_hf_weights(folder))
     _require_text_tower(sd, folder)
     model_type = config_dict.get("model_type")
-    if model_type == "clip":
-        config = CLIPConfig.from_dict(config_dict)
-        text_config, vision_config = config.text_config, config.vision_config
-        projection_dim = config.projection_dim
-        if not any(key.startswith("vision_model.") for key in sd):
-            vision_config = None
-        architecture = "CLIPTextModel"
-    elif model_type == "clip_text_model":
-        text_config, vision_config = CLIPTextConfig.from_dict(config_dict), None
-        projection_dim = text_config.projection_dim if "text_projection.weight" in sd else None
-        architecture = (config_dict.get("architectures") or ["CLIPTextModel"])[0]
-    else:
+    if model_type not in ("clip", "clip_text_model"):
         raise CheckpointError(
             f"{folder / 'config.json'}: model_type is {model_type!r}, not a CLIP model ('clip' or 'clip_text_model')."
         )
+    try:
+        if model_type == "clip":
+            config = CLIPConfig.from_dict(config_dict)
+            text_config, vision_config = config.text_config, config.vision_config
+            projection_dim = config.projection_dim
+            if not any(key.startswith("vision_model.") for key in sd):
+                vision_config = None
+            architecture = "CLIPTextModel"
+        else:
+            text_config, vision_config = CLIPTextConfig.from_dict(config_dict), None
+            projection_dim = text_config.projection_dim if "text_projection.weight" in sd else None
+            architecture = (config_dict.get("architectures") or ["CLIPTextModel"])[0]
+    except Exception as error:  # transformers 5 validates configs as it reads them, raising its own error types
+        raise CheckpointError(f"{folder / 'config.json'}: not a valid CLIP config: {_one_line(error)}") from None
     _fix_position_count(text_config, sd, folder)
-    return Checkpoint(sd, text_config, vision_config, projection_dim, str(folder), architecture)
+    return check_checkpoint(Checkpoint(sd, text_config, vision_config, projection_dim, str(folder), architecture))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -427,7 +496,8 @@ def _load_weights_file(path: Path, model_cfg: dict | None = None) -> Checkpoint:
 def checkpoint_from_state_dict(
     sd: dict[str, torch.Tensor], model_cfg: dict | None = None, path: str | os.PathLike = "<state dict>"
 ) -> Checkpoint:
-    """A Checkpoint from an in-memory state dict (OpenAI / open_clip or Hugging Face layout).
+    """A Checkpoint from an in-memory state dict (OpenAI / open_clip or Hugging Face layout), checked against
+    the model its shapes describe (`check_checkpoint`).
 
     `model_cfg` is the open_clip model config (heads, activation); without it OpenAI conventions apply.
     """
@@ -440,17 +510,125 @@ def checkpoint_from_state_dict(
         # Hugging Face keys with a [width, projection] matrix: saved by ComfyUI's old CLIPSave node
         sd = {("text_projection.weight" if k == "text_projection" else k): v for k, v in sd.items()}
         sd["text_projection.weight"] = sd["text_projection.weight"].t()
-    if _is_openai_layout(sd):
-        sd = openai_to_canonical(sd)
-        _require_text_tower(sd, path)
-        text_config, vision_config, projection_dim = _configs_from_openai(sd, model_cfg)
-        extras = {"logit_scale_init_value": float(sd["logit_scale"])} if "logit_scale" in sd else {}
-        return Checkpoint(sd, text_config, vision_config, projection_dim, str(path), extras=extras)
-    sd = hf_to_canonical(sd)
-    _require_text_tower(sd, path)
-    # A bare Hugging Face-layout file (ComfyUI text encoder): the shapes say all but heads and activation.
-    text_config, _, projection_dim = _configs_from_openai(sd, model_cfg)
-    return Checkpoint(sd, text_config, None, projection_dim, str(path))
+    try:
+        if _is_openai_layout(sd):
+            sd = openai_to_canonical(sd)
+            _require_text_tower(sd, path)
+            text_config, vision_config, projection_dim = _configs_from_openai(sd, model_cfg, path)
+            extras = {"logit_scale_init_value": float(sd["logit_scale"])} if "logit_scale" in sd else {}
+            checkpoint = Checkpoint(sd, text_config, vision_config, projection_dim, str(path), extras=extras)
+        else:
+            sd = hf_to_canonical(sd)
+            _require_text_tower(sd, path)
+            # A bare Hugging Face-layout file (ComfyUI text encoder): the shapes say all but heads and activation.
+            text_config, _, projection_dim = _configs_from_openai(sd, model_cfg, path)
+            checkpoint = Checkpoint(sd, text_config, None, projection_dim, str(path))
+    except KeyError as error:  # a tensor the layout needs is absent
+        raise CheckpointError(
+            f"{path}: tensor {error.args[0]} is missing; the file is incomplete or not a whole CLIP model. "
+            f"{_DOWNLOAD_AGAIN}"
+        ) from None
+    except (IndexError, RuntimeError) as error:  # a tensor without the dimensions its role needs
+        raise CheckpointError(f"{path}: has tensors of the wrong shape for a CLIP model ({error}).") from None
+    return check_checkpoint(checkpoint)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checking a checkpoint against its configs, before anything is built or written from it
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _is_optional(key: str) -> bool:
+    """Tensors a checkpoint may have or lack: buffers older transformers saved, and CLIP's logit scale (only
+    a full CLIPModel uses it, and gets a default without it)."""
+    return key == "logit_scale" or key.endswith(".position_ids")
+
+
+def _describe(checkpoint: Checkpoint) -> str:
+    config = checkpoint.text_config
+    return (
+        f"a CLIP with text width {config.hidden_size}, {config.num_hidden_layers} layers and "
+        f"{config.max_position_embeddings} positions"
+    )
+
+
+def _names(keys: list[str], shown: int = 3) -> str:
+    more = f" and {len(keys) - shown} more tensors" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
+
+
+def _shape(shape: tuple[int, ...] | torch.Size) -> str:
+    return "x".join(map(str, shape)) if len(shape) else "a scalar"
+
+
+def expected_shapes(checkpoint: Checkpoint) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of the transformers model `checkpoint`'s configs describe, in canonical names.
+
+    The model is built on the meta device: no memory, no initialisation, milliseconds for a CLIP-L.
+    """
+    text_config = CLIPTextConfig.from_dict(checkpoint.text_config.to_dict())
+    if checkpoint.projection_dim is not None:
+        text_config.projection_dim = checkpoint.projection_dim
+    try:
+        with torch.device("meta"):
+            if checkpoint.has_vision:
+                config = CLIPConfig(
+                    text_config=text_config.to_dict(),
+                    vision_config=checkpoint.vision_config.to_dict(),
+                    projection_dim=checkpoint.projection_dim,
+                )
+                model = CLIPModel(config)
+            elif checkpoint.has_text_projection:
+                model = CLIPTextModelWithProjection(text_config)
+            else:
+                model = CLIPTextModel(text_config)
+    except Exception as error:  # transformers validates configs as it builds models, raising its own error types
+        raise CheckpointError(
+            f"{checkpoint.source}: its config describes no valid CLIP model: {_one_line(error)}"
+        ) from None
+    return {key: tuple(value.shape) for key, value in hf_to_canonical(model.state_dict()).items()}
+
+
+def _is_finite(tensor: torch.Tensor) -> bool:
+    """Whether no value is NaN or infinite. A sum is finite only if every value is, and takes one read-only pass
+    (`isfinite` writes a mask as large as the tensor: 7-20 times slower on a CPU); only a sum that overflows needs
+    the exact check."""
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
+def check_checkpoint(checkpoint: Checkpoint) -> Checkpoint:
+    """Refuse a checkpoint that would not load as the model its configs describe (a missing, unexpected or
+    misshapen tensor) or that holds NaN or infinite weights; return it unchanged otherwise.
+
+    Meta tensors (shapes without values) are checked for shapes only.
+    """
+    where, state_dict = checkpoint.source, checkpoint.state_dict
+    expected = expected_shapes(checkpoint)
+    missing = [key for key in expected if key not in state_dict and not _is_optional(key)]
+    if missing:
+        raise CheckpointError(
+            f"{where}: {_describe(checkpoint)} also needs {_names(missing)}, which the checkpoint lacks; it is "
+            f"incomplete or its config does not fit its weights. {_DOWNLOAD_AGAIN}"
+        )
+    unexpected = [key for key in state_dict if key not in expected and not _is_optional(key)]
+    if unexpected:
+        raise CheckpointError(
+            f"{where}: holds {_names(unexpected)}, which {_describe(checkpoint)} does not have; its config does not "
+            "fit its weights."
+        )
+    for key, shape in expected.items():
+        if key in state_dict and tuple(state_dict[key].shape) != shape:
+            raise CheckpointError(
+                f"{where}: tensor {key} has shape {_shape(state_dict[key].shape)}, but {_describe(checkpoint)} "
+                f"needs {_shape(shape)}; the checkpoint is damaged or mixes two models. Use an intact copy."
+            )
+    for key, tensor in state_dict.items():
+        if tensor.is_floating_point() and not tensor.is_meta and not _is_finite(tensor):
+            raise CheckpointError(
+                f"{where}: tensor {key} holds NaN or infinite values; the checkpoint is damaged (or its training "
+                "diverged). Use an intact copy."
+            )
+    return checkpoint
 
 
 # Weights-only files carry no config. OpenAI's conventions (64-wide heads, QuickGELU) fit CLIP-L and the
@@ -496,7 +674,7 @@ def load_checkpoint(
     if (path / "config.json").is_file():
         return _load_hf_folder(path)
     if (path / "open_clip_config.json").is_file():
-        model_cfg = model_cfg or json.loads((path / "open_clip_config.json").read_text())["model_cfg"]
+        model_cfg = model_cfg or _open_clip_model_config(str(path / "open_clip_config.json"))
         weights = _single_weights_file(path) or path / "open_clip_pytorch_model.bin"
         return _load_weights_file(weights, model_cfg)
     if (path / "text_encoder" / "config.json").is_file():
@@ -513,7 +691,7 @@ def load_checkpoint(
 def _open_clip_model_config(name: str) -> dict:
     """An open_clip architecture config, by model name (e.g. `ViT-bigG-14`) or path to a config JSON."""
     if Path(name).is_file():
-        config = json.loads(Path(name).read_text())
+        config = _read_json(Path(name))
         return config.get("model_cfg", config)
     import open_clip
 
@@ -523,154 +701,3 @@ def _open_clip_model_config(name: str) -> dict:
             f"{name!r} is not an open_clip model name (see open_clip.list_models()) or a config JSON file."
         )
     return config
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Writing
-# ----------------------------------------------------------------------------------------------------------
-
-_PROGRESS_MIN_BYTES = 256 * 2**20  # show a progress bar when writing more than this
-_SAFETENSORS_DTYPES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
-
-
-def write_safetensors(
-    tensors: dict[str, torch.Tensor], path: str | os.PathLike, dtype: torch.dtype | None = None
-) -> None:
-    """Write a safetensors file one tensor at a time, so memory-mapped sources are never copied whole.
-
-    `dtype` converts floating-point tensors on the way.
-    """
-
-    def target_dtype(tensor: torch.Tensor) -> torch.dtype:
-        return dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
-
-    header: dict[str, dict] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, tensor in tensors.items():
-        out_dtype = target_dtype(tensor)
-        size = tensor.numel() * torch.empty((), dtype=out_dtype).element_size()
-        header[name] = {
-            "dtype": _SAFETENSORS_DTYPES[out_dtype],
-            "shape": list(tensor.shape),
-            "data_offsets": [offset, offset + size],
-        }
-        offset += size
-    header_bytes = json.dumps(header, separators=(",", ":")).encode()
-    header_bytes += b" " * (-len(header_bytes) % 8)
-    progress = tqdm(
-        total=offset, unit="B", unit_scale=True, desc=f"writing {Path(path).name}", disable=offset < _PROGRESS_MIN_BYTES
-    )
-    with open(path, "wb") as handle, progress:
-        handle.write(struct.pack("<Q", len(header_bytes)))
-        handle.write(header_bytes)
-        for tensor in tensors.values():
-            data = tensor.detach().to("cpu", target_dtype(tensor)).contiguous().reshape(-1)
-            handle.write(data.view(torch.uint8).numpy().data)
-            progress.update(data.numel() * data.element_size())
-
-
-@contextmanager
-def atomic_output(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside `out`; on success it is renamed to `out`, on failure removed.
-
-    An existing `out` is replaced only with `overwrite=True`, and only once the new one is complete.
-    """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: already exists; choose another output or pass --overwrite.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    tmp = tmp_dir / out.name
-    try:
-        yield tmp
-        if out.exists():
-            old = tmp_dir / f"{out.name}.old"
-            out.rename(old)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-
-
-def text_state_dict(checkpoint: Checkpoint, with_projection: bool) -> dict[str, torch.Tensor]:
-    """The canonical text tower (keys `text_model.*`, and `text_projection.weight` when asked for)."""
-    sd = {key: value for key, value in checkpoint.state_dict.items() if key.startswith("text_model.")}
-    if with_projection:
-        if not checkpoint.has_text_projection:
-            raise CheckpointError(
-                f"{checkpoint.source}: has no text projection, so it cannot be a *WithProjection model."
-            )
-        sd["text_projection.weight"] = checkpoint.state_dict["text_projection.weight"]
-    return sd
-
-
-def text_config_dict(checkpoint: Checkpoint, with_projection: bool) -> dict:
-    config = CLIPTextConfig.from_dict(checkpoint.text_config.to_dict())
-    architecture = "CLIPTextModelWithProjection" if with_projection else "CLIPTextModel"
-    config.architectures = [architecture]
-    if with_projection:
-        config.projection_dim = checkpoint.state_dict["text_projection.weight"].shape[0]
-    return config.to_dict()
-
-
-def write_text_encoder(
-    checkpoint: Checkpoint, folder: Path, with_projection: bool | None = None, dtype: torch.dtype | None = None
-) -> None:
-    """Write a Hugging Face text-encoder folder (`config.json` + `model.safetensors`) into `folder`.
-
-    Keys carry the `text_model.` prefix, the layout transformers 4.x expects and 5.x still loads.
-    """
-    if with_projection is None:
-        with_projection = checkpoint.is_projection_model
-    folder.mkdir(parents=True, exist_ok=True)
-    config = text_config_dict(checkpoint, with_projection)
-    if dtype is not None:
-        config["torch_dtype"] = config["dtype"] = str(dtype).removeprefix("torch.")
-    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    write_safetensors(text_state_dict(checkpoint, with_projection), folder / "model.safetensors", dtype)
-
-
-def clip_config(checkpoint: Checkpoint) -> CLIPConfig:
-    if not checkpoint.has_vision:
-        raise CheckpointError(
-            f"{checkpoint.source}: has no vision tower, so it cannot be written as a full CLIPModel; "
-            "use `--to diffusers` or `--to comfyui` for a text encoder."
-        )
-    config = CLIPConfig(
-        text_config=checkpoint.text_config.to_dict(),
-        vision_config=checkpoint.vision_config.to_dict(),
-        projection_dim=checkpoint.projection_dim,
-        **checkpoint.extras,
-    )
-    config.architectures = ["CLIPModel"]
-    return config
-
-
-def write_clip_model(checkpoint: Checkpoint, folder: Path, dtype: torch.dtype | None = None) -> None:
-    """Write a full Hugging Face `CLIPModel` folder (weights + config) into `folder`."""
-    config = clip_config(checkpoint)
-    folder.mkdir(parents=True, exist_ok=True)
-    sd = dict(checkpoint.state_dict)
-    sd.setdefault("logit_scale", torch.tensor(config.logit_scale_init_value))
-    (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
-    write_safetensors(sd, folder / "model.safetensors", dtype)
-
-
-def write_comfyui_text_encoder(checkpoint: Checkpoint, path: Path, dtype: torch.dtype | None = None) -> None:
-    """One safetensors file in the layout ComfyUI core loads as a (Long-)CLIP-L text encoder.
-
-    ComfyUI detects the model from `text_model.*` key names and switches to its 248-token Long-CLIP
-    tokenizer when `text_model.embeddings.position_embedding.weight` has 248 rows.
-    """
-    with_projection = checkpoint.has_text_projection
-    write_safetensors(text_state_dict(checkpoint, with_projection), path, dtype)

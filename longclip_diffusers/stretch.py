@@ -18,6 +18,11 @@ from torch import nn
 CLIP_POSITIONS = 77
 DEFAULT_KEEP = 20
 DEFAULT_RATIO = 4
+# The longest table stretching makes. Long-CLIP's has 248 rows (ratio 4). Longer gains nothing: rows interpolated
+# that densely hardly tell positions apart, and text attention grows with the square of the length (OpenCLIP-bigG
+# at 2048 tokens: 20 heads x 2048^2 scores, 336 MB in float32 per layer and prompt, 68 times its cost at 248).
+# 2048 still allows ratio 26 from CLIP's 77 rows, beyond any use.
+MAX_POSITIONS = 2048
 
 
 def stretched_length(num_positions: int = CLIP_POSITIONS, keep: int = DEFAULT_KEEP, ratio: int = DEFAULT_RATIO) -> int:
@@ -26,7 +31,15 @@ def stretched_length(num_positions: int = CLIP_POSITIONS, keep: int = DEFAULT_KE
     return keep + (num_positions - keep) * ratio
 
 
-def _check_stretch_args(num_positions: int, keep: int, ratio: int) -> None:
+def max_ratio(num_positions: int = CLIP_POSITIONS, keep: int = 0) -> int:
+    """The largest ratio that keeps a stretched `num_positions`-row table within `MAX_POSITIONS` rows (1, which
+    leaves a table as it is, for tables already that long)."""
+    return max(1, (MAX_POSITIONS - keep) // (num_positions - keep))
+
+
+def _check_stretch_args(num_positions: int, keep: int, ratio: int, width: int | None = None) -> None:
+    """Refuse arguments that cannot stretch a `num_positions`-row table (of `width` columns, if known), before
+    anything is allocated."""
     if isinstance(keep, bool) or not isinstance(keep, int) or isinstance(ratio, bool) or not isinstance(ratio, int):
         raise ValueError(f"keep and ratio must be whole numbers, got keep={keep!r}, ratio={ratio!r}.")
     if num_positions < 2:
@@ -38,6 +51,14 @@ def _check_stretch_args(num_positions: int, keep: int, ratio: int) -> None:
         )
     if ratio < 1:
         raise ValueError(f"ratio={ratio} must be at least 1 (1 leaves the table as it is). Long-CLIP uses ratio=4.")
+    length = keep + (num_positions - keep) * ratio
+    if ratio > 1 and length > MAX_POSITIONS:
+        size = f" (a {length * width * 4 / 1e9:,.1f} GB table)" if width else ""
+        raise ValueError(
+            f"ratio={ratio} would stretch {num_positions} positions to {length:,}{size}; at most {MAX_POSITIONS} "
+            f"are supported (ratio {max_ratio(num_positions, keep)} with keep={keep}): attention cost grows with "
+            "the square of the length, and rows interpolated that densely hardly differ. Long-CLIP uses ratio=4."
+        )
 
 
 def stretch_position_table(table: torch.Tensor, keep: int = DEFAULT_KEEP, ratio: int = DEFAULT_RATIO) -> torch.Tensor:
@@ -47,12 +68,12 @@ def stretch_position_table(table: torch.Tensor, keep: int = DEFAULT_KEEP, ratio:
         new[keep + ratio*i + j] = (ratio - j) * pe[keep + i] / ratio + j * pe[keep + i + 1] / ratio
         new[end - ratio + j]    = pe[-1] + j * (pe[-1] - pe[-2]) / ratio
     for i in 0..num_positions-keep-2 and j in 0..ratio-1 (j = 0 copies the row exactly). Half-precision
-    tables are computed in float32 and cast back.
+    tables are computed in float32 and cast back. At most `MAX_POSITIONS` rows result.
     """
     if table.ndim != 2:
         raise ValueError(f"Expected a [num_positions, dim] position table, got shape {tuple(table.shape)}.")
     num_positions = table.shape[0]
-    _check_stretch_args(num_positions, keep, ratio)
+    _check_stretch_args(num_positions, keep, ratio, width=table.shape[1])
 
     pe = table.detach().float() if table.dtype in (torch.float16, torch.bfloat16) else table.detach()
     steps = torch.arange(ratio, dtype=pe.dtype, device=pe.device).view(1, ratio, 1)  # j, [1, ratio, 1]

@@ -8,16 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import (
-    CLIPModel,
-    CLIPTextConfig,
-    CLIPTextModel,
-    CLIPTextModelWithProjection,
-    PreTrainedTokenizerBase,
-)
+from transformers import CLIPModel, CLIPTextModel, CLIPTextModelWithProjection
 
-from .formats import Checkpoint, CheckpointError, load_checkpoint, write_clip_model, write_text_encoder
+from .formats import Checkpoint, CheckpointError, load_checkpoint
 from .stretch import CLIP_POSITIONS
+from .writing import write_clip_model, write_text_encoder
 
 
 def require_long(checkpoint: Checkpoint) -> None:
@@ -27,23 +22,6 @@ def require_long(checkpoint: Checkpoint) -> None:
             f"{checkpoint.source}: has {checkpoint.num_positions} text positions, so it is a plain CLIP encoder, "
             "not Long-CLIP. Use a Long-CLIP checkpoint, make a training-free long version with "
             "`longclip stretch`, or pass allow_short=True to load it as it is."
-        )
-
-
-def check_pair(tokenizer: PreTrainedTokenizerBase, text_config: CLIPTextConfig, where: str = "") -> None:
-    """Refuse a tokenizer that does not fit a text encoder: unknown token ids, or a different length."""
-    where = f"{where}: " if where else ""
-    if len(tokenizer) > text_config.vocab_size:
-        raise CheckpointError(
-            f"{where}the tokenizer has {len(tokenizer)} tokens but the text encoder embeds only "
-            f"{text_config.vocab_size}; this encoder was trained with another vocabulary. Use the tokenizer it "
-            "was trained with (pass its folder) instead of CLIP's."
-        )
-    if tokenizer.model_max_length != text_config.max_position_embeddings:
-        raise CheckpointError(
-            f"{where}the tokenizer reads {tokenizer.model_max_length} tokens but the text encoder has "
-            f"{text_config.max_position_embeddings} positions; load the tokenizer with "
-            f"LongCLIPTokenizer.from_pretrained(..., model_max_length={text_config.max_position_embeddings})."
         )
 
 

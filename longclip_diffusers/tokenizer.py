@@ -15,14 +15,17 @@ import ftfy
 # diffusers loads a pipeline component of a non-transformers library by checking it against the base classes
 # that library's module exposes by name: this name lets a saved pipeline load its LongCLIPTokenizer back.
 from transformers import (
+    CLIPTextConfig,
     CLIPTokenizerFast,
+    PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,  # noqa: F401
 )
 
-from .formats import text_positions
+from .atomic import atomic_write
+from .formats import CheckpointError, text_positions
 from .hub import WEIGHT_SUFFIXES, resolve
 
-__all__ = ["DEFAULT_MAX_LENGTH", "LongCLIPTokenizer", "clean_text", "write_clip_vocab"]
+__all__ = ["DEFAULT_MAX_LENGTH", "LongCLIPTokenizer", "check_pair", "clean_text", "write_clip_vocab"]
 
 DEFAULT_MAX_LENGTH = 248
 _MAX_SANE_LENGTH = 100_000  # saved configs use 1e30-like values to mean "unset"
@@ -79,9 +82,11 @@ class LongCLIPTokenizer(CLIPTokenizerFast):
     """CLIP's tokenizer with Long-CLIP's 248-token context; gives the ids of OpenAI CLIP / open_clip.
 
     Every text is cleaned like CLIP cleans it (`clean_text`) before BPE, which the plain Hugging Face CLIP
-    tokenizer skips (curly quotes, `&amp;` or mojibake then get other ids). Like open_clip, special-token
-    strings in the text are not parsed as special tokens (`split_special_tokens=True`); this also keeps a
-    `"!"` pad token from splitting runs of `!`, which a plain Hugging Face tokenizer padding with `"!"` does.
+    tokenizer skips (curly quotes, `&amp;` or mojibake then get other ids). Special-token names typed in a
+    prompt (`<|endoftext|>`, `<|startoftext|>`, open_clip's `<end_of_text>`) are split into ordinary tokens
+    (`split_special_tokens=True`), where the reference tokenizers read their own names as the special ids: a
+    typed end token would end the text for the pooled features. This also keeps a `"!"` pad token from
+    splitting runs of `!`, which a plain Hugging Face tokenizer padding with `"!"` does.
 
     Padding: the default pad token is `<|endoftext|>` (id 49407), as in the SD 1.5 tokenizer, because the
     SD 1.5 UNet was trained on conditioning whose padding positions hold end-of-text tokens and it
@@ -174,7 +179,13 @@ class LongCLIPTokenizer(CLIPTokenizerFast):
         if pad_token is not None:
             kwargs["pad_token"] = pad_token
         kwargs.setdefault("split_special_tokens", True)  # a saved `false` would break CLIP parity
-        tokenizer = super().from_pretrained(folder, **kwargs)
+        try:
+            tokenizer = super().from_pretrained(folder, **kwargs)
+        except Exception as error:  # damaged files fail in transformers and tokenizers with any error type
+            raise CheckpointError(
+                f"{folder}: its tokenizer files cannot be read ({type(error).__name__}); restore or download them "
+                "again."
+            ) from None
         if tokenizer.model_max_length > _MAX_SANE_LENGTH:  # saved as "unset"
             tokenizer.model_max_length = DEFAULT_MAX_LENGTH
         _check_max_length(tokenizer.model_max_length)
@@ -192,9 +203,22 @@ class LongCLIPTokenizer(CLIPTokenizerFast):
         config.update(tokenizer_class="CLIPTokenizer", model_max_length=self.model_max_length)
         for loader_flag in ("is_local", "local_files_only"):  # transformers 5 saves these load arguments
             config.pop(loader_flag, None)
-        mode = config_file.stat().st_mode & 0o777
-        with tempfile.NamedTemporaryFile("w", dir=config_file.parent, delete=False, encoding="utf-8") as tmp:
-            tmp.write(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-        os.chmod(tmp.name, mode)
-        os.replace(tmp.name, config_file)
+        atomic_write(config_file, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         return files
+
+
+def check_pair(tokenizer: PreTrainedTokenizerBase, text_config: CLIPTextConfig, where: str = "") -> None:
+    """Refuse a tokenizer that does not fit a text encoder: unknown token ids, or a different length."""
+    where = f"{where}: " if where else ""
+    if len(tokenizer) > text_config.vocab_size:
+        raise CheckpointError(
+            f"{where}the tokenizer has {len(tokenizer)} tokens but the text encoder embeds only "
+            f"{text_config.vocab_size}; this encoder was trained with another vocabulary. Use the tokenizer it "
+            "was trained with (pass its folder) instead of CLIP's."
+        )
+    if tokenizer.model_max_length != text_config.max_position_embeddings:
+        raise CheckpointError(
+            f"{where}the tokenizer reads {tokenizer.model_max_length} tokens but the text encoder has "
+            f"{text_config.max_position_embeddings} positions; load the tokenizer with "
+            f"LongCLIPTokenizer.from_pretrained(..., model_max_length={text_config.max_position_embeddings})."
+        )

@@ -2,33 +2,103 @@
 
 from __future__ import annotations
 
+import logging
 import os
-import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import (
+    DiffusionPipeline,
+    FluxPipeline,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
 from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
 from longclip_diffusers import LongCLIPTextEncoder, LongCLIPTokenizer
+from longclip_diffusers.atomic import atomic_write
 from longclip_diffusers.grid import captioned_grid
+from longclip_diffusers.prompts import tokenize_windows
 
+from .longclip_flux.pipeline import LongCLIPFluxPipeline
 from .longclip_sd.pipeline import LongCLIPStableDiffusionPipeline
+from .longclip_sd3.pipeline import LongCLIPStableDiffusion3Pipeline
 from .longclip_sdxl.pipeline import LongCLIPStableDiffusionXLPipeline
+
+# What `generate --out` writes, by suffix (lossless first). Pillow registers more, some only as stubs that fail.
+IMAGE_SUFFIXES = (".png", ".webp", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Family:
+    """A pipeline family `generate` runs: the stock class (`_class_name` in model_index.json), its Long-CLIP twin,
+    and how Long-CLIP-L loads into it."""
+
+    name: str
+    stock: type[DiffusionPipeline]
+    long: type[DiffusionPipeline]
+    with_projection: bool | None = None  # SD 3 reads CLIP-L's projection, Flux the pooled output before it
+    has_big_g: bool = False  # SDXL and SD 3: OpenCLIP-bigG reads the windows by a `strategy`
+    reads_negative: bool = True  # Flux.1's guidance is distilled: at its settings no negative prompt is read
+
+    def check_options(
+        self, pipeline: str | os.PathLike, *, strategy: str | None = None, negative_prompt: str | None = None
+    ) -> None:
+        """Refuse options this family would not use, before any model loads."""
+        if strategy is not None and not self.has_big_g:
+            raise ValueError(
+                f"strategy={strategy!r} sets how the second text encoder of SDXL and SD 3 (OpenCLIP-bigG) reads long "
+                f"prompts, but {pipeline} is a {self.stock.__name__}, which has none; leave the strategy out."
+            )
+        if negative_prompt and not self.reads_negative:
+            raise ValueError(
+                f"{pipeline} is a {self.stock.__name__}: Flux.1 reads no negative prompt at its usual settings (its "
+                "guidance is distilled into the model); leave the negative prompt out."
+            )
+
+
+FAMILIES = {
+    family.stock.__name__: family
+    for family in (
+        Family("SD 1.x/2.x", StableDiffusionPipeline, LongCLIPStableDiffusionPipeline),
+        Family("SDXL", StableDiffusionXLPipeline, LongCLIPStableDiffusionXLPipeline, has_big_g=True),
+        Family(
+            "SD 3", StableDiffusion3Pipeline, LongCLIPStableDiffusion3Pipeline, with_projection=True, has_big_g=True
+        ),
+        Family("Flux.1", FluxPipeline, LongCLIPFluxPipeline, with_projection=False, reads_negative=False),
+    )
+}
 
 
 @dataclass
 class PipelinePair:
-    """The stock pipeline and its Long-CLIP twin, sharing the UNet, VAE and scheduler."""
+    """The stock pipeline and its Long-CLIP twin, sharing the UNet (or transformer), VAE and scheduler."""
 
     stock: DiffusionPipeline
     long: DiffusionPipeline
+    family: Family
 
-    @property
-    def is_sdxl(self) -> bool:
-        return isinstance(self.long, StableDiffusionXLPipeline)
+
+def pipeline_family(pipeline: str | os.PathLike) -> Family:
+    """The family of a diffusers pipeline (Hub id or folder), from `_class_name` in its model_index.json (read
+    alone, before any model)."""
+    try:
+        class_name = DiffusionPipeline.load_config(pipeline).get("_class_name")
+    except OSError as error:  # diffusers' messages run over several lines
+        raise OSError(f"{pipeline}: no diffusers pipeline there ({' '.join(str(error).split())})") from None
+    family = FAMILIES.get(class_name) if isinstance(class_name, str) else None
+    if family is None:
+        known = ", ".join(f"{name} ({known.name})" for name, known in FAMILIES.items())
+        raise ValueError(
+            f"{pipeline}: its model_index.json names {class_name!r}; Long-CLIP replaces the CLIP-L text encoder of "
+            f"{known} checkpoints. Pass a stock pipeline of one of these."
+        )
+    return family
 
 
 def default_device_and_dtype() -> tuple[str, torch.dtype]:
@@ -36,42 +106,82 @@ def default_device_and_dtype() -> tuple[str, torch.dtype]:
     return ("cuda", torch.float16) if torch.cuda.is_available() else ("cpu", torch.float32)
 
 
+@contextmanager
+def _quiet_empty_float32_warning() -> Iterator[None]:
+    """Drop diffusers' warning about modules to keep in float32 when it names none.
+
+    diffusers warns on every `ModelMixin.to(dtype)`, and `from_pipe` always casts, even when a model keeps no module
+    in float32 ("should be kept in float32: []"): noise on every run. The warning is kept when it names modules.
+    """
+    modeling_logger = logging.getLogger("diffusers.models.modeling_utils")
+
+    def names_modules(record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
+
+    modeling_logger.addFilter(names_modules)
+    try:
+        yield
+    finally:
+        modeling_logger.removeFilter(names_modules)
+
+
 def load_pipelines(
     pipeline: str | os.PathLike,
     long_encoder: str | os.PathLike,
     *,
-    strategy: str = "chunk",
+    strategy: str | None = None,
     device: str | None = None,
     dtype: torch.dtype | None = None,
 ) -> PipelinePair:
-    """Load a stock SD 1.x/2.x or SDXL pipeline and build its Long-CLIP twin (models loaded once)."""
+    """Load a stock SD 1.x/2.x, SDXL, SD 3 or Flux.1 pipeline and build its Long-CLIP twin (models loaded once).
+
+    The family comes from the pipeline's model_index.json. `strategy` is how SDXL's and SD 3's bigG reads long
+    prompts ("chunk" by default); other families refuse it.
+    """
+    family = pipeline_family(pipeline)
+    family.check_options(pipeline, strategy=strategy)
     default_device, default_dtype = default_device_and_dtype()
     device, dtype = device or default_device, dtype or default_dtype
-    text_encoder = LongCLIPTextEncoder.from_pretrained(long_encoder)  # refuses 77-position encoders
+    # refuses 77-position encoders
+    text_encoder = LongCLIPTextEncoder.from_pretrained(long_encoder, with_projection=family.with_projection)
     tokenizer = LongCLIPTokenizer.from_pretrained(long_encoder)
-    stock = DiffusionPipeline.from_pretrained(pipeline)
-    if not isinstance(stock, (StableDiffusionPipeline, StableDiffusionXLPipeline)):
-        raise ValueError(
-            f"{pipeline}: is a {type(stock).__name__}; Long-CLIP replaces the CLIP-L text encoder of "
-            "StableDiffusionPipeline (SD 1.x/2.x) and StableDiffusionXLPipeline checkpoints."
-        )
+    stock = family.stock.from_pretrained(pipeline)
     expected_width = stock.text_encoder.config.hidden_size
     if text_encoder.config.hidden_size != expected_width:
         raise ValueError(
             f"{long_encoder}: its text encoder is {text_encoder.config.hidden_size} wide but {pipeline} conditions "
-            f"its UNet on a {expected_width}-wide CLIP; use a Long-CLIP of the same size (LongCLIP-L for SD 1.5 "
-            "and SDXL)."
+            f"on a {expected_width}-wide CLIP; use a Long-CLIP of the same size (LongCLIP-L for SD 1.5, SDXL, SD 3 "
+            "and Flux; a long OpenCLIP-H, `longclip stretch --sd2`, for SD 2.x)."
         )
-    if isinstance(stock, StableDiffusionXLPipeline):
-        long = LongCLIPStableDiffusionXLPipeline.from_pipe(
-            stock, text_encoder=text_encoder, tokenizer=tokenizer, long_prompt_strategy=strategy
+    options = {"long_prompt_strategy": strategy or "chunk"} if family.has_big_g else {}
+    with _quiet_empty_float32_warning():
+        long = family.long.from_pipe(stock, text_encoder=text_encoder, tokenizer=tokenizer, **options)
+        if (device, dtype) != ("cpu", torch.float32):  # models load on the CPU in float32
+            stock.to(device, dtype)  # the Long-CLIP pipeline shares these modules
+            long.text_encoder.to(device, dtype)
+    return PipelinePair(stock, long, family)
+
+
+def check_size(width: int | None, height: int | None) -> None:
+    """Refuse a width without a height or the other way round, which the SD 1.x/2.x pipeline silently ignores."""
+    if (width is None) != (height is None):
+        given, missing = ("width", "height") if height is None else ("height", "width")
+        raise ValueError(
+            f"A {given} ({width or height}) without a {missing}: give both (e.g. width=768, height=768), or "
+            "neither for the pipeline's default size."
         )
-    else:
-        long = LongCLIPStableDiffusionPipeline.from_pipe(stock, text_encoder=text_encoder, tokenizer=tokenizer)
-    if (device, dtype) != ("cpu", torch.float32):  # models load on the CPU in float32
-        stock.to(device, dtype)  # the Long-CLIP pipeline shares these modules
-        long.text_encoder.to(device, dtype)
-    return PipelinePair(stock, long)
+
+
+def image_format(out: str | os.PathLike) -> str:
+    """The Pillow format `out`'s suffix names (`.png` -> PNG), or a ValueError naming the suffixes written."""
+    suffix = Path(out).suffix.lower()
+    registered = Image.registered_extensions()
+    found = registered.get(suffix) if suffix in IMAGE_SUFFIXES else None
+    if found is None:
+        written = ", ".join(known for known in IMAGE_SUFFIXES if known in registered)
+        what = f"{suffix!r} is not an image suffix this writes" if suffix else "it has no suffix to tell the format"
+        raise ValueError(f"{out}: {what}; end the file name with one of {written}.")
+    return found
 
 
 def generate(
@@ -86,6 +196,7 @@ def generate(
     height: int | None = None,
 ) -> Image.Image:
     """One image; the generator lives on the CPU so a seed gives the same noise on every device."""
+    check_size(width, height)
     extra = {"guidance_scale": guidance_scale} if guidance_scale is not None else {}
     return pipe(
         prompt,
@@ -99,30 +210,57 @@ def generate(
 
 
 def count_tokens(tokenizer: PreTrainedTokenizerBase, prompt: str) -> int:
-    """Tokens of `prompt` without the start and end tokens."""
+    """Tokens of `prompt` without the start and end tokens, as a stock pipeline reads it."""
     return len(tokenizer(prompt, add_special_tokens=False, verbose=False).input_ids)
 
 
+@dataclass
+class LongRead:
+    """What a Long-CLIP pipeline's CLIP-L reads of a prompt: of its `tokens` (weighting syntax and `BREAK` are not
+    tokens), the first `read`, in `windows` windows."""
+
+    tokens: int
+    read: int
+    windows: int
+
+    def __str__(self) -> str:
+        """ "1 token", "12 tokens", "400 tokens in 2 windows", or "the first 246 of 400 tokens"."""
+        tokens = f"{self.tokens} token{'' if self.tokens == 1 else 's'}"
+        if self.read < self.tokens:
+            return f"the first {self.read} of {tokens}"
+        return tokens if self.windows == 1 else f"{tokens} in {self.windows} windows"
+
+
+def long_read(pipe: DiffusionPipeline, prompt: str) -> LongRead:
+    """What `pipe` (a Long-CLIP pipeline) reads of `prompt` with CLIP-L: every window (up to its
+    `max_prompt_windows`), or for Flux the first one, whose pooled vector it reads."""
+    tokenizer, config = pipe.tokenizer, pipe.config
+    capacity = tokenizer.model_max_length - 2
+    windows = tokenize_windows(prompt, tokenizer, capacity, config.prompt_weighting).token_ids
+    limit = 1 if isinstance(pipe, FluxPipeline) else config.max_prompt_windows
+    read_windows = windows[:limit] if limit is not None else windows
+    return LongRead(sum(map(len, windows)), sum(map(len, read_windows)), len(read_windows))
+
+
 def compare(pair: PipelinePair, prompt: str, negative_prompt: str | None = None, **kwargs) -> Image.Image:
-    """vanilla CLIP | Long-CLIP on the same seed, captioned with what each read of the prompt."""
-    tokens = count_tokens(pair.long.tokenizer, prompt)
-    stock_reads = min(tokens, pair.stock.tokenizer.model_max_length - 2)
+    """vanilla CLIP | Long-CLIP on the same seed, captioned with what each one's CLIP-L read of the prompt (each
+    counted with its own tokenizer)."""
+    stock_tokens = count_tokens(pair.stock.tokenizer, prompt)
+    stock_reads = min(stock_tokens, pair.stock.tokenizer.model_max_length - 2)
     images = [
         generate(pair.stock, prompt, negative_prompt, **kwargs),
         generate(pair.long, prompt, negative_prompt, **kwargs),
     ]
+    read = long_read(pair.long, prompt)
     captions = [
-        f"vanilla CLIP: reads {stock_reads} of {tokens} tokens",
-        f"Long-CLIP: reads all {tokens} tokens",
+        f"vanilla CLIP: reads {stock_reads} of {stock_tokens} tokens",
+        f"Long-CLIP: reads {'all ' if read.read == read.tokens else ''}{read}",
     ]
     return captioned_grid(images, captions)
 
 
 def save_image(image: Image.Image, out: str | os.PathLike) -> Path:
-    """Write atomically: a temporary file beside `out`, renamed when complete."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=out.parent, suffix=out.suffix or ".png", delete=False) as tmp:
-        image.save(tmp, format=Image.registered_extensions().get(out.suffix.lower(), "PNG"))
-    os.replace(tmp.name, out)
-    return out
+    """Write atomically (complete or not at all, with the umask's permissions), replacing an existing file, in
+    the format `out`'s suffix names."""
+    out_format = image_format(out)
+    return atomic_write(out, lambda handle: image.save(handle, format=out_format))

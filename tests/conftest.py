@@ -111,7 +111,7 @@ def tiny_components(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def long_parts(tiny_components):
-    """Loads (text encoder, tokenizer) of the tiny Long-CLIP for "sd15" or "sdxl"."""
+    """Loads (text encoder, tokenizer) of the tiny Long-CLIP for "sd15", "sdxl", "sd2", "sd3" or "flux"."""
     from longclip_diffusers import LongCLIPTextEncoder, LongCLIPTokenizer
 
     def load(base: str):

@@ -7,11 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
 from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 
-from longclip_diffusers import formats
+from longclip_diffusers import formats, writing
 from longclip_diffusers.cli import main
 from longclip_diffusers.tiny import tiny_text_config
 
@@ -99,6 +100,17 @@ def test_stretch_with_invalid_keep_is_refused(tiny_components, tmp_path, capsys)
     code, _, err = run_cli(capsys, "stretch", tiny_components / "sd15/text_encoder", tmp_path / "o", "--keep", "77")
     assert_one_line_error(code, err, "keep=77 is out of range")
     assert not (tmp_path / "o").exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("ratio", ["1000000000000", "1000000"])
+def test_stretch_with_a_huge_ratio_is_refused_before_reading_anything(ratio, tiny_components, tmp_path, capsys):
+    """--ratio 1000000 used to allocate 28 GB and die with a traceback."""
+    source = tiny_components / "sd15" / "text_encoder"
+    code, _, err = run_cli(capsys, "stretch", source, tmp_path / "o", "--ratio", ratio)
+    assert_one_line_error(code, err, f"ratio={ratio} would stretch 77 positions", "at most 2048 are supported")
+    code, _, err = run_cli(capsys, "stretch", tmp_path / "missing.pt", tmp_path / "o", "--ratio", ratio)
+    assert_one_line_error(code, err, "at most 2048")  # checked before the source is even opened
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_source(tmp_path, capsys):
@@ -199,13 +211,13 @@ def test_a_failure_mid_write_leaves_nothing_behind(published_pt, tmp_path, capsy
     path, _ = published_pt
     (tmp_path / "out").mkdir()
     (tmp_path / "out/previous.txt").write_text("previous result")
-    real_write = formats.write_safetensors
+    real_write = writing.write_safetensors
 
     def write_then_fail(tensors, target, dtype=None):
         real_write(tensors, target, dtype)
         raise OSError(f"{target}: No space left on device")
 
-    monkeypatch.setattr(formats, "write_safetensors", write_then_fail)
+    monkeypatch.setattr(writing, "write_safetensors", write_then_fail)
     code, _, err = run_cli(capsys, "convert", path, tmp_path / "out", "--overwrite")
     assert_one_line_error(code, err, "No space left on device")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["previous.txt"]

@@ -116,6 +116,17 @@ def test_published_safetensors_reads_like_the_pt(published_pt, tmp_path):
     assert_text_parity(LongCLIPTextEncoder.from_pretrained(tmp_path / "longclip.safetensors"), reference, 248)
 
 
+def test_a_safetensors_file_reads_whatever_its_suffix_and_a_misnamed_pt_is_named(published_pt, tmp_path):
+    path, _ = published_pt
+    state_dict = {key: value.contiguous() for key, value in torch.load(path, weights_only=True).items()}
+    save_file(state_dict, tmp_path / "safetensors-inside.bin")
+    loaded, expected = load_checkpoint(tmp_path / "safetensors-inside.bin").state_dict, load_checkpoint(path).state_dict
+    assert loaded.keys() == expected.keys() and all(torch.equal(loaded[key], expected[key]) for key in expected)
+    torch.save(state_dict, tmp_path / "torch-inside.safetensors")
+    with pytest.raises(CheckpointError, match="torch-inside.safetensors: is a PyTorch checkpoint.*rename it to .pt"):
+        load_checkpoint(tmp_path / "torch-inside.safetensors")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # open_clip layouts
 # ----------------------------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ import torch
 
 from longclip_diffusers.prompts import (
     BREAK,
+    MAX_WEIGHT,
     TextEncoderSpec,
+    apply_weights,
     as_prompt_list,
     encode_prompts,
     encode_windows_chunked,
@@ -176,3 +178,174 @@ def test_prompts_past_248_tokens_get_more_windows_and_padding_for_the_rest(sdxl_
     empty, _ = encode_prompts([""], sdxl_parts)
     # the short prompt's second window is an empty prompt (equal up to batch-size rounding)
     torch.testing.assert_close(conditioning[1, 248:], empty[0], atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# BREAK counts windows as A1111 does (modules/sd_hijack_clip.py, tokenize_line / next_chunk): each BREAK closes
+# the current window, an empty one too; at the end, the last window is kept only if it holds tokens or is the
+# only one. Deliberate difference: a BREAK inside a weighting group still breaks (A1111 scales its marker to
+# -1.1, after which it is no longer a marker but the word "break" with a negative weight).
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prompt", "windows"),
+    [
+        ("a cat", ["a cat"]),
+        ("", [""]),
+        ("BREAK", [""]),  # A1111: one empty chunk
+        ("a cat BREAK", ["a cat"]),  # trailing BREAK: A1111 adds no window
+        ("a cat BREAK  \n", ["a cat"]),
+        ("a cat BREAK BREAK", ["a cat", ""]),
+        ("BREAK a cat", ["", "a cat"]),  # leading BREAK: an empty first window
+        ("BREAK BREAK BREAK", ["", "", ""]),
+        ("a BREAK BREAK b", ["a", "", "b"]),
+        ("a cat BREAK a dog", ["a cat", "a dog"]),
+        ("a cat,BREAK,a dog", ["a cat ,", ", a dog"]),  # a word of its own between punctuation
+        ("a cat BREAK ()", ["a cat"]),  # nothing but brackets after the last BREAK
+        ("a cat break a dog", ["a cat break a dog"]),  # lower case: text
+        ("a cat BREAKFAST", ["a cat breakfast"]),
+        ("(a cat BREAK a dog:1.2)", ["a cat", "a dog"]),  # our choice; see above
+        ("[a cat BREAK] a dog", ["a cat", "a dog"]),
+    ],
+)
+def test_break_counts_windows_as_a1111(tokenizer, prompt, windows):
+    result = tokenize_windows(prompt, tokenizer, 246)
+    assert [tokenizer.decode(window) for window in result.token_ids] == windows
+    assert len(result.weights) == len(windows)
+
+
+def test_break_inside_a_group_keeps_the_group_weight_on_both_sides(tokenizer):
+    result = tokenize_windows("(a cat BREAK a dog:1.2)", tokenizer, 246)
+    assert result.weights == [[1.2, 1.2], [1.2, 1.2]]
+
+
+@pytest.mark.parametrize(("extra_tokens", "expected"), [(0, 1), (1, 2)])
+def test_a_full_window_before_a_trailing_break_opens_no_other(tokenizer, extra_tokens, expected):
+    prompt = "cat " * (246 + extra_tokens) + "BREAK"  # "cat" is one token
+    assert len(tokenize_windows(prompt, tokenizer, 246).token_ids) == expected
+
+
+def test_a_trailing_break_changes_nothing(sdxl_parts):
+    plain, plain_pooled = encode_prompts(["a red cat on a mat"], sdxl_parts)
+    with_break, pooled = encode_prompts(["a red cat on a mat BREAK"], sdxl_parts)
+    assert torch.equal(with_break, plain) and torch.equal(pooled, plain_pooled)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Weights: each must lie in [0, MAX_WEIGHT] (nested products too), so conditioning stays finite and bounded
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        ("a (cat:1" + "0" * 40 + ")", r"\(cat:10{40}\): weight 10{40} is outside the range 0 to 10"),
+        ("a (cat:1" + "0" * 400 + ") on a mat", r"outside the range 0 to 10"),  # inf as a float
+        ("a (cat:1000000000)", r"\(cat:1000000000\): weight 1000000000 is outside the range 0 to 10"),
+        ("a (cat:10.5)", r"\(cat:10.5\): weight 10.5 is outside"),
+        ("a (red cat:-1)", r"\(red cat:-1\): weight -1 is outside .* not a weight below 0"),
+        ("a (cat:-0.5) on a mat", r"weight -0.5 is outside"),
+        ("a ((cat:4):4)", r"'cat' gets weight 16 from nested groups; .* between 0 and 10"),
+        ("((((cat:5):5):5):5)", r"'cat' gets weight 625 from nested groups"),
+        ("a " + "(" * 30 + "cat" + ")" * 30, r"'cat' gets weight 17.45 from nested groups"),  # 1.1 ** 30
+        ("a (cat:1.2.3)", r"\(cat:1.2.3\): '1.2.3' is not a valid weight; write it like \(words:1.3\)"),
+    ],
+)
+def test_weights_out_of_range_are_refused_with_the_weight_and_the_range(sdxl_parts, prompt, message):
+    with pytest.raises(ValueError, match=message):
+        encode_prompts([prompt], sdxl_parts)  # what the pipelines and the ComfyUI nodes call
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "a (red cat:0) on a mat",
+        "a (red cat:10) on a mat",
+        "(a red cat on a mat:0)",
+        "(a red cat on a mat:10) BREAK (a dog:0)",
+        "a ((cat:3.1):3.2) on a mat",  # a nested product just under 10
+        "a " + "[" * 60 + "cat" + "]" * 60,
+        "a (cat:nan) on (a mat:inf)",  # not numbers: text, as in A1111
+    ],
+)
+def test_conditioning_stays_finite_and_bounded_at_the_edges(sdxl_parts, prompt):
+    plain, _ = encode_prompts([prompt], sdxl_parts, weighting=False)
+    weighted, _ = encode_prompts([prompt], sdxl_parts)
+    assert torch.isfinite(weighted).all()
+    assert weighted.abs().max() <= MAX_WEIGHT**2 * plain.abs().max()
+
+
+def test_nan_and_inf_are_read_as_text(tokenizer):
+    assert parse_weighted_prompt("a (cat:nan) on (a mat:inf)") == [
+        ("a ", 1.0),
+        ("cat:nan", pytest.approx(1.1)),
+        (" on ", 1.0),
+        ("a mat:inf", pytest.approx(1.1)),
+    ]
+
+
+def a1111_emphasis(states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """A1111's "Original" emphasis (modules/sd_emphasis.py), the reference: scale, then restore the mean."""
+    original_mean = states.mean()
+    weighted = states * weights.unsqueeze(-1)
+    return weighted * (original_mean / weighted.mean())
+
+
+@pytest.fixture(scope="module")
+def mixed_sign_states(sdxl_parts):
+    """Real hidden states [T, D] whose tokens' means have both signs (SDXL reads un-normalised states)."""
+    spec_l, _ = sdxl_parts
+    states, _ = encode_prompts(["a red cat on a mat next to an old stone lighthouse"], [spec_l], weighting=False)
+    states = states[0]
+    token_means = states.mean(-1)
+    assert (token_means > 0).any() and (token_means < 0).any()
+    return states
+
+
+def weights_giving_weighted_mean(states: torch.Tensor, target_sum: float) -> torch.Tensor:
+    """Weights in [0, MAX_WEIGHT]: 1 on tokens of negative mean, one value on the others, chosen so that the sum
+    of the weighted states is `target_sum`."""
+    token_sums = states.sum(-1)
+    positive = token_sums > 0
+    scale = (target_sum - token_sums[~positive].sum()) / token_sums[positive].sum()
+    assert 0 <= scale <= MAX_WEIGHT
+    return torch.where(positive, scale, torch.ones_like(token_sums))
+
+
+def test_ordinary_weights_restore_the_mean_exactly_as_a1111(mixed_sign_states):
+    weights = torch.ones(mixed_sign_states.shape[0])
+    weights[2:5] = torch.tensor([1.3, 0.7, 1.21])
+    expected = a1111_emphasis(mixed_sign_states, weights)
+    assert torch.equal(apply_weights(mixed_sign_states, weights), expected)
+    torch.testing.assert_close(expected.mean(), mixed_sign_states.mean())
+
+
+def test_a_weighted_mean_near_zero_does_not_blow_up_the_states(mixed_sign_states):
+    weights = weights_giving_weighted_mean(mixed_sign_states, target_sum=1e-4)
+    weighted = mixed_sign_states * weights.unsqueeze(-1)
+    assert a1111_emphasis(mixed_sign_states, weights).abs().max() > 1000 * weighted.abs().max()  # A1111's result
+    result = apply_weights(mixed_sign_states, weights)
+    assert torch.isfinite(result).all()
+    torch.testing.assert_close(result, weighted * MAX_WEIGHT)  # the restoring factor at its bound
+
+
+def test_a_weighted_mean_of_the_other_sign_does_not_flip_the_states(mixed_sign_states):
+    assert mixed_sign_states.mean() > 0
+    negative_sum = mixed_sign_states.sum(-1).clamp(max=0).sum().item()
+    weights = weights_giving_weighted_mean(mixed_sign_states, target_sum=0.5 * negative_sum)
+    weighted = mixed_sign_states * weights.unsqueeze(-1)
+    assert (a1111_emphasis(mixed_sign_states, weights) * weighted).sum() < 0  # A1111 flips every state
+    assert torch.equal(apply_weights(mixed_sign_states, weights), weighted)
+
+
+def test_a_typed_end_token_does_not_cut_the_pooled_features(sdxl_parts):
+    spec_l, spec_g = sdxl_parts
+    _, pooled = encode_prompts(["a cat <|endoftext|> on a mat"], sdxl_parts)
+    _, pooled_of_the_head = encode_prompts(["a cat"], sdxl_parts)
+    assert (pooled - pooled_of_the_head).abs().max() > 1e-3  # the words after the name still count
+
+    # A tokenizer that parses the name (as the reference tokenizers do) would end the text there for pooling.
+    words = spec_l.tokenizer(["a cat", "on a mat"], add_special_tokens=False).input_ids
+    _, parsed_pooled = encode_windows_direct(spec_g, [[*words[0], spec_l.tokenizer.eos_token_id, *words[1]]], 77)
+    torch.testing.assert_close(parsed_pooled, pooled_of_the_head, atol=1e-6, rtol=0)

@@ -7,7 +7,15 @@ import torch
 from conftest import tiny_open_clip_model
 from transformers import CLIPModel, CLIPTextModel, CLIPTextModelWithProjection
 
-from longclip_diffusers.stretch import stretch_model, stretch_position_table, stretch_state_dict, stretched_length
+from longclip_diffusers.prompts import stretched_view
+from longclip_diffusers.stretch import (
+    MAX_POSITIONS,
+    max_ratio,
+    stretch_model,
+    stretch_position_table,
+    stretch_state_dict,
+    stretched_length,
+)
 from longclip_diffusers.tiny import tiny_text_config
 
 
@@ -81,6 +89,43 @@ def test_half_precision_tables_are_computed_in_float32():
 def test_invalid_arguments_are_refused_with_a_clear_message(keep, ratio, message):
     with pytest.raises(ValueError, match=message):
         stretch_position_table(torch.randn(77, 8), keep, ratio)
+
+
+def test_a_ratio_past_the_maximum_is_refused_before_anything_is_allocated():
+    """ratio 10**12 would need a 57e12-row table (29 PB here): refused with the figures, not an allocation error."""
+    table = torch.randn(77, 128)
+    message = r"ratio=1000000000000 would stretch 77 positions to 57,000,000,000,020 \(a 29,184,000.0 GB table\)"
+    with pytest.raises(ValueError, match=message + r"; at most 2048 are supported \(ratio 35 with keep=20\)"):
+        stretch_position_table(table, 20, 10**12)
+    with pytest.raises(ValueError, match="at most 2048"):
+        stretched_length(77, 20, 10**12)  # callers that only ask for the length get the bound too
+
+
+@pytest.mark.parametrize("keep", [0, 20, 75])
+def test_the_largest_allowed_ratio_reaches_the_maximum_and_one_more_is_refused(keep):
+    ratio = max_ratio(77, keep)
+    table = stretch_position_table(torch.randn(77, 4), keep, ratio)
+    assert table.shape[0] == stretched_length(77, keep, ratio) <= MAX_POSITIONS
+    assert MAX_POSITIONS - table.shape[0] < 77 - keep  # the next ratio would pass the maximum
+    with pytest.raises(ValueError, match=f"at most {MAX_POSITIONS} are supported"):
+        stretch_position_table(torch.randn(77, 4), keep, ratio + 1)
+
+
+def test_ratio_one_keeps_a_table_of_any_length():
+    table = torch.randn(MAX_POSITIONS + 100, 4)
+    assert torch.equal(stretch_position_table(table, 20, 1), table)
+
+
+def test_models_and_stretched_views_get_the_bound_and_stay_untouched():
+    torch.manual_seed(0)
+    model = CLIPTextModel(tiny_text_config()).eval()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match="at most 2048"):
+        stretch_model(model, 20, 10**12)
+    with pytest.raises(ValueError, match="at most 2048"):
+        stretched_view(model, 100_000)  # SDXL's strategy="stretch" for a window this long
+    assert model.config.max_position_embeddings == 77
+    assert all(torch.equal(value, before[key]) for key, value in model.state_dict().items())
 
 
 def test_non_table_input_is_refused():

@@ -212,6 +212,31 @@ def test_zero_pad_token(tok_zero):
     assert ids[:4] == [SOT, 320, 2368, EOT] and ids[4:] == [0] * 244
 
 
+SPECIAL_AS_TEXT = "a cat <|endoftext|> on a mat <|startoftext|> at dusk, <end_of_text> <start_of_text>"
+
+
+def test_special_token_names_in_a_prompt_are_ordinary_text(tok, tok_zero, vocab_dir, open_clip_tok, saved_dir):
+    # The references read their own special-token names in the text as the special tokens: open_clip names
+    # them <start_of_text> / <end_of_text>; OpenAI CLIP's tokenizer (the Long-CLIP reference's) and the plain
+    # Hugging Face one name them <|startoftext|> / <|endoftext|>.
+    cat, mat = open_clip_tok.encode("a cat"), open_clip_tok.encode("on a mat")
+    assert open_clip_tok.encode("a cat <end_of_text> on a mat") == [*cat, EOT, *mat]
+    assert open_clip_tok.encode("<start_of_text> a cat") == [SOT, *cat]
+    plain = transformers.CLIPTokenizerFast.from_pretrained(vocab_dir)
+    assert plain("a cat <|endoftext|> on a mat", add_special_tokens=False).input_ids == [*cat, EOT, *mat]
+
+    # Ours never does (a typed end token would end the text for the pooled features): every name is split into
+    # ordinary tokens, the ids the references give a name that is not theirs.
+    for tokenizer in (tok, tok_zero, LongCLIPTokenizer.from_pretrained(saved_dir)):
+        ids = tokenizer(SPECIAL_AS_TEXT).input_ids
+        assert ids[0] == SOT and ids[-1] == EOT and SOT not in ids[1:-1] and EOT not in ids[1:-1]
+        assert tokenizer("<|endoftext|>", add_special_tokens=False).input_ids == open_clip_tok.encode("<|endoftext|>")
+        names = "<end_of_text> <start_of_text>"
+        assert tokenizer(names, add_special_tokens=False).input_ids == plain(names, add_special_tokens=False).input_ids
+        as_text = [open_clip_tok.decoder[i] for i in open_clip_tok.encode("a <|endoftext|>")]
+        assert tokenizer.tokenize("a <|endoftext|>") == as_text
+
+
 @pytest.mark.parametrize("text", [QUOTES, ENTITIES, MOJIBAKE])
 def test_plain_hf_tokenizer_differs_and_cleaning_fixes_it(vocab_dir, tok, open_clip_tok, text):
     plain = transformers.CLIPTokenizer.from_pretrained(vocab_dir, model_max_length=248)

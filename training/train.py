@@ -3,7 +3,8 @@
 One process or many (`accelerate launch`, DDP, multi-node); every default is the published recipe: AdamW
 lr 1e-6, betas (0.9, 0.999), eps 1e-8, weight decay 0.01 on every parameter, 200 warm-up steps then cosine to
 0, label smoothing 0.1, `logit_scale` re-initialised to ln(100), 32 primary components, 1:1 loss weights, the
-first 20 position rows frozen. Checkpoints are written atomically; `--resume` continues exactly.
+first 20 position rows frozen. Checkpoints are written atomically and checked before resuming (`checkpoints.py`);
+`--resume` continues exactly. An earlier run in `--output` is never replaced unless `--overwrite` asks for it.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import logging
 import math
-import os
 import shutil
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,21 +26,49 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from longclip_diffusers.convert import save_clip
+from longclip_diffusers.arguments import integer, real
+from longclip_diffusers.atomic import atomic_output, atomic_write
 from longclip_diffusers.formats import (
     CLIP_EOS_TOKEN_ID,
-    atomic_output,
     canonical_to_openai,
     checkpoint_from_state_dict,
     load_checkpoint,
 )
 from longclip_diffusers.stretch import DEFAULT_KEEP, DEFAULT_RATIO, stretch_model
 from longclip_diffusers.tokenizer import LongCLIPTokenizer
+from longclip_diffusers.writing import save_clip, save_diffusers
 
-from .data import CaptionDataset, SampleBuilder, TarShardDataset, collate, expand_shards, read_records
+from .checkpoints import newest_intact_checkpoint, resume_checkpoint, save_checkpoint
+from .data import (
+    CaptionDataset,
+    SampleBuilder,
+    StreamPosition,
+    TarShardDataset,
+    check_images_exist,
+    collate,
+    expand_shards,
+    is_shard_pattern,
+    read_records,
+)
+from .features import (
+    CachedCaptionDataset,
+    FeatureCache,
+    TextCLIP,
+    cached_features,
+    check_cache_for_run,
+    check_image_tower,
+    pretrained_file,
+)
 from .loss import LongCLIPLoss
 
-STATE_FILE = "trainer_state.json"
+logger = logging.getLogger(__name__)
+TRACKER_RUN = "longclip"  # accelerate's trackers log under OUT/longclip
+RUN_FILES = ("config.json", "metrics.jsonl", "skipped_images.txt", "loss.png", "final", "checkpoints", TRACKER_RUN)
+# Settings a resumed run may change: none of them changes what the run computes.
+RESUMABLE_CHANGES = (
+    "output", "resume", "overwrite", "workers", "save_every", "keep_checkpoints", "log_every", "report_to",
+    "grad_checkpointing",
+)  # fmt: skip
 
 
 @dataclass
@@ -69,12 +100,14 @@ class TrainConfig:
     mixed_precision: str = "no"
     grad_checkpointing: bool = False
     freeze: list[str] = field(default_factory=list)  # "vision" and/or "text"
+    image_features: str | None = None  # a `cache-features` folder: the text tower trains alone (features.py)
     workers: int = 4
     seed: int = 0
     save_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 10
     resume: str | None = None
+    overwrite: bool = False  # replace an earlier run in `output` (its files only)
     report_to: str = field(default_factory=lambda: "tensorboard" if importlib.util.find_spec("tensorboard") else "none")
 
 
@@ -83,21 +116,39 @@ class TrainConfig:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def build_model(config: TrainConfig) -> tuple[nn.Module, object, dict]:
-    """The open_clip model (text tower stretched), its image transform, and its open_clip config."""
+def open_clip_config(model: str) -> tuple[str, dict]:
+    """The open_clip name and config of --model: a model name, or a model-config JSON (registered under its name)."""
     import open_clip
 
-    name = config.model
-    if Path(name).is_file():  # a model-config JSON: register it under its file name
+    name = model
+    if Path(name).is_file():
         open_clip.add_model_config(Path(name))
         name = Path(name).stem
     model_cfg = open_clip.get_model_config(name)
     if model_cfg is None:
-        raise ValueError(f"--model {config.model!r}: not an open_clip model name or model-config JSON file.")
+        raise ValueError(f"--model {model!r}: not an open_clip model name or model-config JSON file.")
+    return name, model_cfg
+
+
+def build_model(config: TrainConfig) -> tuple[nn.Module, object, dict]:
+    """The open_clip model (text tower stretched), its image transform, and its open_clip config. With
+    --image-features, the text tower alone (`TextCLIP`): no image-tower weights are built or kept."""
+    import open_clip
+
+    name, model_cfg = open_clip_config(config.model)
     is_tag = config.pretrained and not Path(config.pretrained).exists() and "/" not in config.pretrained
-    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=config.pretrained if is_tag else None)
-    if config.pretrained and not is_tag:
-        _load_weights(model, config.pretrained, model_cfg, config.keep, config.ratio)
+    if config.image_features:
+        model, preprocess = TextCLIP(model_cfg), cached_features
+        source = pretrained_file(name, config.pretrained) if is_tag else config.pretrained
+        image_tower = _load_weights(model, source, config.model, config.keep, config.ratio) if source else {}
+        check_image_tower(config, image_tower)
+        del image_tower  # read only to check that it is the cache's
+    else:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=config.pretrained if is_tag else None
+        )
+        if config.pretrained and not is_tag:
+            _load_weights(model, config.pretrained, config.model, config.keep, config.ratio)
     if model.positional_embedding.shape[0] == model_cfg["text_cfg"].get("context_length", 77):
         stretch_model(model, config.keep, config.ratio)
     with torch.no_grad():
@@ -111,10 +162,13 @@ def build_model(config: TrainConfig) -> tuple[nn.Module, object, dict]:
     return model, preprocess, model_cfg
 
 
-def _load_weights(model: nn.Module, source: str, model_cfg: dict, keep: int, ratio: int) -> None:
-    """Load any checkpoint `longclip convert` reads into the open_clip model (stretching it first if long)."""
-    checkpoint = load_checkpoint(source, open_clip_model=None)
+def _load_weights(model: nn.Module, source: str, architecture: str, keep: int, ratio: int) -> dict[str, torch.Tensor]:
+    """Load any checkpoint `longclip convert` reads into the open_clip model of `architecture` (--model; stretching
+    the model first if the checkpoint is long); return the checkpoint's image-tower tensors, not loaded, for a model
+    without an image tower."""
+    checkpoint = load_checkpoint(source, open_clip_model=architecture)
     sd = canonical_to_openai(checkpoint.state_dict)
+    not_loaded = {} if hasattr(model, "visual") else {k: sd.pop(k) for k in [k for k in sd if k.startswith("visual.")]}
     if sd["positional_embedding"].shape[0] != model.positional_embedding.shape[0]:
         stretch_model(model, keep, ratio)
     missing, unexpected = model.load_state_dict(sd, strict=False)
@@ -124,6 +178,7 @@ def _load_weights(model: nn.Module, source: str, model_cfg: dict, keep: int, rat
             f"{source}: does not fit --model (missing {missing[:5]}, unexpected {unexpected[:5]}); pass the "
             "open_clip architecture the checkpoint was trained with."
         )
+    return not_loaded
 
 
 def encode_text_cut(model: nn.Module, text: torch.Tensor) -> torch.Tensor:
@@ -200,64 +255,164 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int
 
 
 def build_loader(config: TrainConfig, preprocess, context_length: int, rank: int, world_size: int) -> DataLoader:
+    """The training batches; refuses, before any training, data that cannot fill one batch in every process."""
     tokenizer = LongCLIPTokenizer.from_clip_bpe(model_max_length=context_length, pad_token="!")
 
     def tokenize(texts: list[str]) -> torch.Tensor:
         return tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt").input_ids
 
     builder = SampleBuilder(preprocess, tokenize, config.short_captions, config.seed)
-    if config.train_data.endswith(".tar") or "{" in config.train_data:
-        dataset = TarShardDataset(expand_shards(config.train_data), builder, rank, world_size)
+    if is_shard_pattern(config.train_data):
+        dataset = TarShardDataset(_check_shards(config.train_data, world_size), builder, rank, world_size)
+        # short batches (the end of each worker's stream) are not trained on, but bring their skipped samples
         return DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers, collate_fn=collate)
-    dataset = CaptionDataset(read_records(config.train_data, config.images_root), builder)
+    records = read_records(config.train_data, config.images_root)
+    if not config.image_features:  # a text-only run reads no image: `cache-features` read them once
+        check_images_exist(records, config.train_data)
+    if len(records) // config.batch_size < world_size:
+        raise ValueError(
+            f"{config.train_data}: {len(records)} rows do not fill one batch of {config.batch_size} (--batch-size, "
+            f"per process) in each of {world_size} process(es); lower --batch-size to at most "
+            f"{max(1, len(records) // world_size)}, or add rows."
+        )
+    if config.image_features:
+        dataset = CachedCaptionDataset(records, builder, FeatureCache(config.image_features))
+    else:
+        dataset = CaptionDataset(records, builder)
     return DataLoader(
         dataset,
         batch_size=config.batch_size,
         shuffle=True,
-        drop_last=True,
+        drop_last=True,  # equal batches in every process; the rows left over come first in another epoch
         num_workers=config.workers,
         collate_fn=collate,
         generator=torch.Generator().manual_seed(config.seed),
     )
 
 
+def _check_shards(pattern: str, processes: int) -> list[str]:
+    shards = expand_shards(pattern)
+    missing = [shard for shard in shards if not Path(shard).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{missing[0]}: no such tar shard ({len(missing)} of the {len(shards)} missing).")
+    if len(shards) < processes:
+        raise ValueError(
+            f"--train-data {pattern}: {len(shards)} shard(s) for {processes} processes; each process streams shards "
+            "of its own, so split the data into at least as many shards as processes."
+        )
+    return shards
+
+
 # ----------------------------------------------------------------------------------------------------------
-# Checkpoints
+# The run folder
 # ----------------------------------------------------------------------------------------------------------
 
 
-def checkpoints_in(output: Path) -> list[Path]:
-    """The complete checkpoints of a run, oldest first."""
-    return sorted((output / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+def earlier_run(output: Path) -> list[str]:
+    """The files of a training run already in `output` (other files there are not the trainer's)."""
+    return [name for name in RUN_FILES if (output / name).exists()]
 
 
-def latest_checkpoint(output: Path) -> Path | None:
-    checkpoints = checkpoints_in(output)
-    return checkpoints[-1] if checkpoints else None
+def check_output(config: TrainConfig) -> None:
+    """Refuse to write into a folder holding an earlier run unless asked to resume or replace it (changes nothing)."""
+    output = Path(config.output)
+    if output.exists() and not output.is_dir():
+        raise NotADirectoryError(f"--output {output}: is a file; training writes a folder.")
+    found = earlier_run(output)
+    if not found or config.overwrite:
+        return
+    if not config.resume:
+        raise FileExistsError(
+            f"{output}: holds an earlier training run ({', '.join(found)}); pass --resume auto to continue it, "
+            "--overwrite to replace it, or choose another --output."
+        )
+    if config.resume != "auto" and Path(config.resume).resolve().parent.parent != output.resolve():
+        raise FileExistsError(
+            f"{output}: holds another training run ({', '.join(found)}) than {config.resume}; resume into the "
+            "checkpoint's own run folder or a new --output."
+        )
 
 
-def save_checkpoint(accelerator, output: Path, state: dict, keep: int) -> None:
-    """accelerate's full state (model, optimizer, scheduler, RNG, sampler) into a folder renamed when complete."""
-    target = output / "checkpoints" / f"step_{state['step']}"
-    tmp = output / "checkpoints" / f".tmp-step_{state['step']}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps(state))
-        os.replace(tmp, target)
-        for old in checkpoints_in(output)[:-keep]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
+def plan_run(config: TrainConfig, warn: Callable[[str], None]) -> tuple[Path, dict] | None:
+    """Check --output and --resume before anything is built or written; the checkpoint to resume from and its
+    state (None: start at step 0)."""
+    resume = None
+    if config.resume == "auto":
+        resume = newest_intact_checkpoint(Path(config.output), warn)
+        if resume is None:
+            warn(f"--resume auto: {config.output} has no checkpoint yet; starting at step 0.")
+    elif config.resume:
+        resume = resume_checkpoint(config.resume)
+    check_output(config)
+    if config.image_features:
+        check_cache_for_run(config)
+    if resume:
+        check_resumed_settings(resume[0].parent.parent, config)
+    return resume
+
+
+def remove_earlier_run(output: Path) -> None:
+    """--overwrite: remove what an earlier run wrote into `output`, and nothing else."""
+    for name in earlier_run(output):
+        path = output / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def check_resumed_settings(run: Path, config: TrainConfig) -> None:
+    """Refuse to resume a run with settings that change what it computes; the message names each one."""
+    saved_file = run / "config.json"
+    if not saved_file.is_file():
+        return
+    try:
+        saved = json.loads(saved_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"{saved_file}: unreadable ({error}); remove it to resume without comparing settings."
+        ) from None
+    current = json.loads(json.dumps(asdict(config)))  # tuples as the lists JSON gives back
+    free = set(RESUMABLE_CHANGES) - ({"workers"} if is_shard_pattern(config.train_data) else set())
+    changed = [
+        f"--{key.replace('_', '-')} {json.dumps(saved[key])} (now {json.dumps(value)})"
+        for key, value in current.items()
+        if key not in free and key in saved and not _same_setting(saved[key], value)
+    ]
+    if changed:
+        raise ValueError(
+            f"{saved_file}: the run was started with other settings: {', '.join(changed)}. Resume it with its own "
+            "settings, or start a new run in another --output."
+        )
+
+
+def _same_setting(saved: object, current: object) -> bool:
+    if saved == current:
+        return True
+    # the same file written another way (`./data/x.jsonl`, an absolute path)
+    return (
+        isinstance(saved, str)
+        and isinstance(current, str)
+        and Path(current).exists()
+        and (Path(saved).resolve() == Path(current).resolve())
+    )
 
 
 def export_final(model: nn.Module, model_cfg: dict, out: Path) -> None:
-    """`out/` as a full Hugging Face CLIPModel + processor (the `longclip convert --to clip` layout)."""
+    """`out/` as a full Hugging Face CLIPModel + processor (the `longclip convert --to clip` layout); a text-only
+    model's as a text encoder (`out/text_encoder/`, a CLIPTextModelWithProjection) and `out/tokenizer/` (the
+    `longclip convert --to diffusers` layout), ready to be a Stable Diffusion pipeline's encoder."""
     state_dict = {key: value.detach().cpu() for key, value in model.state_dict().items() if key != "attn_mask"}
     checkpoint = checkpoint_from_state_dict(state_dict, model_cfg, "<trained model>")
     with atomic_output(out, overwrite=True) as tmp:
-        save_clip(checkpoint, tmp)
+        if checkpoint.has_vision:
+            save_clip(checkpoint, tmp)
+        else:
+            pad_token = stable_diffusion_pad_token(model_cfg)
+            save_diffusers(checkpoint, tmp, with_projection=checkpoint.has_text_projection, pad_token=pad_token)
+
+
+def stable_diffusion_pad_token(model_cfg: dict) -> str:
+    """The pad token of the Stable Diffusion tokenizers for a text tower of this family: "!" for OpenCLIP's GELU
+    towers (SD 2.x's encoder, SDXL's second), CLIP's end token for OpenAI's QuickGELU ones (SD 1.x, SDXL's first)."""
+    return "<|endoftext|>" if model_cfg.get("quick_gelu") else "!"
 
 
 def plot_losses(metrics_file: Path, out: Path) -> None:
@@ -266,7 +421,7 @@ def plot_losses(metrics_file: Path, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    rows = _metrics_rows(metrics_file)
     figure, axis = plt.subplots(figsize=(7, 4))
     for key, label in (("loss", "total"), ("fine_loss", "fine-grained (long)"), ("coarse_loss", "coarse (short)")):
         axis.plot([r["step"] for r in rows], [r[key] for r in rows], label=label)
@@ -275,8 +430,18 @@ def plot_losses(metrics_file: Path, out: Path) -> None:
     axis.set_title("Long-CLIP fine-tuning")
     axis.legend()
     figure.tight_layout()
-    figure.savefig(out, dpi=120)
+    atomic_write(out, lambda handle: figure.savefig(handle, format="png", dpi=120))
     plt.close(figure)
+
+
+def write_skipped(skipped: dict[str, str], output: Path) -> str | None:
+    """`output/skipped_images.txt`, one `image: reason` line per skipped image; the summary line, if any."""
+    out = output / "skipped_images.txt"
+    atomic_write(out, "".join(f"{name}: {reason}\n" for name, reason in sorted(skipped.items())))
+    if not skipped:
+        return None
+    counts = ", ".join(f"{count} {reason}" for reason, count in sorted(Counter(skipped.values()).items()))
+    return f"{len(skipped)} image(s) skipped ({counts}): see {out}"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -287,17 +452,26 @@ def plot_losses(metrics_file: Path, out: Path) -> None:
 def train(config: TrainConfig) -> Path:
     """Run (or resume) a training; return the output folder."""
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, set_seed
+    from accelerate.utils import DataLoaderConfiguration, send_to_device, set_seed
 
     output = Path(config.output)
+    notes = []  # warnings found before the accelerator knows the main process
+    resume = plan_run(config, notes.append)
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.grad_accum,
         log_with=None if config.report_to == "none" else config.report_to,
         project_dir=str(output),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
+        step_scheduler_with_optimizer=False,  # else it steps once per process: the schedule counts optimizer steps
         cpu=not torch.cuda.is_available(),
     )
+    for note in notes if accelerator.is_main_process else []:
+        logger.warning(note)
+    if config.overwrite and accelerator.is_main_process:
+        remove_earlier_run(output)
+    accelerator.wait_for_everyone()
+
     set_seed(config.seed)
     model, preprocess, model_cfg = build_model(config)
     frozen = FrozenRows(model, config.keep)
@@ -313,80 +487,153 @@ def train(config: TrainConfig) -> Path:
     steps_per_epoch = _steps_per_epoch(loader, config, accelerator.num_processes)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
     scheduler = cosine_with_warmup(optimizer, config.warmup_steps, total_steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(TrainingModel(model), optimizer, loader, scheduler)
+    model, optimizer, scheduler = accelerator.prepare(TrainingModel(model), optimizer, scheduler)
+    if isinstance(loader.dataset, CaptionDataset):  # streamed shards are split by the dataset itself
+        loader = accelerator.prepare(loader)
 
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "skipped": 0}
-    resume_from = latest_checkpoint(output) if config.resume == "auto" else config.resume
-    if resume_from:
-        accelerator.load_state(str(resume_from))
-        state = json.loads((Path(resume_from) / STATE_FILE).read_text())
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "skipped": {}}
+    if resume:
+        accelerator.load_state(str(resume[0]))
+        state = {**state, **resume[1]}
         frozen.restore()
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
-        (output / "config.json").write_text(json.dumps(asdict(config), indent=2))
+        atomic_write(output / "config.json", json.dumps(asdict(config), indent=2) + "\n")
         _truncate_metrics(output / "metrics.jsonl", state["step"])
-    accelerator.init_trackers("longclip", config={k: str(v) for k, v in asdict(config).items()})
+    accelerator.init_trackers(TRACKER_RUN, config={k: str(v) for k, v in asdict(config).items()})
 
-    progress = tqdm(total=total_steps, initial=state["step"], disable=not accelerator.is_local_main_process)
-    while state["step"] < total_steps:
-        _set_epoch(loader, state["epoch"])
-        batches = accelerator.skip_first_batches(loader, state["batch_in_epoch"]) if state["batch_in_epoch"] else loader
-        for batch in batches:
-            with accelerator.accumulate(model):
-                features = model(batch["image"], batch["long_text"], batch["short_text"])
-                losses = criterion(*features)
-                accelerator.backward(losses["loss"])
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-                frozen.restore()
-            state["batch_in_epoch"] += 1
-            state["skipped"] += int(accelerator.reduce(torch.tensor(batch["skipped"], device=accelerator.device)))
-            if not accelerator.sync_gradients:
-                continue
-            state["step"] += 1
-            progress.update(1)
-            if state["step"] % config.log_every == 0 or state["step"] == total_steps:
-                _log(accelerator, output, state, losses, scheduler)
-            if state["step"] % config.save_every == 0 or state["step"] == total_steps:
-                save_checkpoint(accelerator, output, state, config.keep_checkpoints)
-            if state["step"] >= total_steps:
-                break
-        else:
-            state["epoch"] += 1
-            state["batch_in_epoch"] = 0
-    progress.close()
+    with tqdm(total=total_steps, initial=state["step"], disable=not accelerator.is_local_main_process) as progress:
+        while state["step"] < total_steps:
+            _set_epoch(loader, state["epoch"])
+            resumed_within_epoch, full_batches = state["batch_in_epoch"] > 0, 0
+            batches, stream = loader, StreamPosition()
+            if resumed_within_epoch:
+                batches, stream = _resume_epoch(accelerator, loader, state)
+            for batch in batches:
+                batch = send_to_device(batch, accelerator.device)
+                state["batch_in_epoch"] += 1
+                state["skipped"].update(batch["skipped"])
+                if "position" in batch:
+                    stream.advance(batch["position"])
+                if len(batch.get("image", ())) < config.batch_size:  # a stream's end: processes need equal batches
+                    continue
+                full_batches += 1
+                with accelerator.accumulate(model):
+                    features = model(batch["image"], batch["long_text"], batch["short_text"])
+                    losses = criterion(*features)
+                    accelerator.backward(losses["loss"])
+                    optimizer.step()
+                    if accelerator.sync_gradients:
+                        scheduler.step()
+                    optimizer.zero_grad()
+                    frozen.restore()
+                if not accelerator.sync_gradients:
+                    continue
+                state["step"] += 1
+                progress.update(1)
+                if state["step"] % config.log_every == 0 or state["step"] == total_steps:
+                    _log(accelerator, output, state, losses, scheduler)
+                if state["step"] % config.save_every == 0 or state["step"] == total_steps:
+                    state["skipped"] = _gather_skipped(state["skipped"])
+                    if hasattr(loader.dataset, "resume"):
+                        state["streams"] = _gather_streams(stream)
+                    save_checkpoint(accelerator, output, state, config.keep_checkpoints)
+                if state["step"] >= total_steps:
+                    break
+            else:
+                if not (full_batches or resumed_within_epoch):
+                    raise ValueError(_empty_epoch_message(config, state, accelerator.process_index))
+                state["epoch"] += 1
+                state["batch_in_epoch"] = 0
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         export_final(accelerator.unwrap_model(model).clip, model_cfg, output / "final")
         plot_losses(output / "metrics.jsonl", output / "loss.png")
-        (output / "skipped_images.txt").write_text(f"{state['skipped']}\n")
+        summary = write_skipped(state["skipped"], output)
+        if summary:
+            print(summary)
     accelerator.end_training()
     return output
 
 
 def _steps_per_epoch(loader: DataLoader, config: TrainConfig, processes: int) -> int:
     try:
-        return max(1, len(loader) // processes // config.grad_accum)
+        batches = len(loader) // processes
     except TypeError:  # a stream of shards has no length: --max-steps says when to stop
         if config.max_steps is None:
             raise ValueError("Training on tar shards streams without a known length: pass --max-steps.") from None
         return config.max_steps
+    return math.ceil(batches / config.grad_accum)  # accelerate steps on an epoch's last batch too
 
 
 def _set_epoch(loader, epoch: int) -> None:
-    loader.set_epoch(epoch)
+    if hasattr(loader, "set_epoch"):  # accelerate's loaders: the sampler's shuffle
+        loader.set_epoch(epoch)
     dataset = loader.dataset
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
 
 
+def _resume_epoch(accelerator, loader: DataLoader, state: dict) -> tuple[object, StreamPosition]:
+    """The batches of the checkpoint's epoch after its last, and where its shard streams stand. Streamed shards
+    continue from each data-loader worker's position, reading no sample before it; a dataset with a sampler
+    skips the indices of the batches consumed (checkpoints from before stream positions were kept skip batches)."""
+    streams = state.get("streams")
+    if not hasattr(loader.dataset, "resume") or streams is None:
+        return accelerator.skip_first_batches(loader, state["batch_in_epoch"]), StreamPosition()
+    processes = len(streams)
+    if processes != accelerator.num_processes:
+        raise ValueError(
+            f"--resume: the checkpoint's shards were streamed by {processes} process(es), now "
+            f"{accelerator.num_processes}; resume with {processes} (accelerate launch --num_processes {processes})."
+        )
+    loader.dataset.resume(StreamPosition.from_state(streams[accelerator.process_index]))
+    return loader, StreamPosition.from_state(streams[accelerator.process_index])
+
+
+def _gather_streams(stream: StreamPosition) -> list[dict]:
+    """Every process's stream position, in process order."""
+    from accelerate.utils import gather_object
+
+    return gather_object([stream.state()])
+
+
+def _empty_epoch_message(config: TrainConfig, state: dict, rank: int) -> str:
+    skipped = list(state["skipped"].items())
+    unusable = f" ({len(skipped)} unusable, e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+    return (
+        f"{config.train_data}: epoch {state['epoch']} gave process {rank} no full batch of {config.batch_size} "
+        f"samples: its shards hold fewer usable samples{unusable} than one batch per data-loader worker; use a "
+        "smaller --batch-size, fewer --workers or more data."
+    )
+
+
+def _gather_skipped(skipped: dict[str, str]) -> dict[str, str]:
+    """Every process's skipped images (data-loader workers' arrive in the batches), merged."""
+    from accelerate.utils import gather_object
+
+    merged = {}
+    for part in gather_object([skipped]):
+        merged.update(part)
+    return merged
+
+
+def _metrics_rows(metrics_file: Path) -> list[dict]:
+    """The logged rows; a line cut short by a killed run is left out."""
+    rows = []
+    for line in metrics_file.read_text().splitlines() if metrics_file.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
 def _truncate_metrics(metrics_file: Path, step: int) -> None:
     """Keep the logged rows up to `step`: a resumed run logs the steps after its checkpoint again."""
-    rows = metrics_file.read_text().splitlines() if metrics_file.exists() else []
-    kept = [row for row in rows if row.strip() and json.loads(row)["step"] <= step]
-    metrics_file.write_text("".join(row + "\n" for row in kept))
+    kept = [row for row in _metrics_rows(metrics_file) if row["step"] <= step]
+    atomic_write(metrics_file, "".join(json.dumps(row) + "\n" for row in kept))
 
 
 def _log(accelerator, output: Path, state: dict, losses: dict, scheduler) -> None:
@@ -415,23 +662,36 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="open_clip pretrained tag, a published-layout .pt/.safetensors, or a Hugging Face CLIP folder; "
         "'none' for random weights",
     )
-    for name in ("keep", "ratio", "pca_components", "batch_size", "epochs", "warmup_steps", "grad_accum"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    for name in ("fine_weight", "coarse_weight", "label_smoothing", "lr", "eps", "weight_decay"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
-    parser.add_argument("--betas", type=float, nargs=2, default=defaults.betas)
+    whole_numbers = {
+        "keep": 0, "ratio": 1, "pca_components": 1, "batch_size": 1, "epochs": 1, "warmup_steps": 0,
+        "grad_accum": 1, "workers": 0, "save_every": 1, "keep_checkpoints": 1, "log_every": 1,
+    }  # fmt: skip
+    for name, minimum in whole_numbers.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=integer(minimum), default=getattr(defaults, name))
+    parser.add_argument("--max-steps", type=integer(1), help="stop after this many steps (default: --epochs)")
+    parser.add_argument("--seed", type=integer(0, 2**32 - 1), default=defaults.seed)
+    for name in ("fine_weight", "coarse_weight", "weight_decay"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=real(0), default=getattr(defaults, name))
+    for name in ("lr", "eps"):
+        parser.add_argument(f"--{name}", type=real(0, above=True), default=getattr(defaults, name))
+    parser.add_argument("--label-smoothing", type=real(0, 1, below=True), default=defaults.label_smoothing)
+    parser.add_argument("--betas", type=real(0, 1, below=True), nargs=2, default=defaults.betas)
     parser.add_argument("--pca-scope", choices=("local", "global"), default=defaults.pca_scope)
     parser.add_argument("--short-captions", choices=("first-sentence", "debias"), default=defaults.short_captions)
-    parser.add_argument("--max-steps", type=int)
     parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=defaults.mixed_precision)
     parser.add_argument("--grad-checkpointing", action="store_true")
     parser.add_argument("--freeze", nargs="*", choices=("vision", "text"), default=[])
-    parser.add_argument("--workers", type=int, default=defaults.workers)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--save-every", type=int, default=defaults.save_every)
-    parser.add_argument("--keep-checkpoints", type=int, default=defaults.keep_checkpoints)
-    parser.add_argument("--log-every", type=int, default=defaults.log_every)
-    parser.add_argument("--resume", help="a checkpoint folder, or 'auto' for the latest in --output")
+    parser.add_argument(
+        "--image-features",
+        metavar="CACHE",
+        help="a `longclip cache-features` folder: train the text tower alone on these image features (no image "
+        "tower in memory); final/ is then a text encoder + tokenizer",
+    )
+    run = parser.add_mutually_exclusive_group()
+    run.add_argument("--resume", help="a checkpoints/step_N folder, or 'auto' for the newest intact one in --output")
+    run.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier run in --output (only the files training writes)"
+    )
     parser.add_argument(
         "--report-to",
         choices=("none", "tensorboard", "wandb", "all"),
@@ -446,4 +706,5 @@ def run_train(args: argparse.Namespace) -> str:
         values["pretrained"] = None
     values["betas"] = tuple(values["betas"])
     output = train(TrainConfig(**values))
-    return f"trained: {output / 'final'} (CLIPModel), {output / 'metrics.jsonl'}, {output / 'loss.png'}"
+    final = "text encoder + tokenizer" if values.get("image_features") else "CLIPModel"
+    return f"trained: {output / 'final'} ({final}), {output / 'metrics.jsonl'}, {output / 'loss.png'}"

@@ -1,18 +1,26 @@
-"""Prompt -> ComfyUI conditioning, through `prompts.encode_prompts` called as the diffusers pipelines call it.
+"""Prompt -> ComfyUI conditioning, through the `prompts` functions called as the diffusers pipelines call them.
 
 One prompt per call, as ComfyUI encodes the positive and the negative prompt in separate nodes: the result is
-what `LongCLIPStableDiffusionPipeline.encode_prompt` / `LongCLIPStableDiffusionXLPipeline.encode_prompt` give
-for that prompt alone (no classifier-free guidance). ComfyUI lines up a positive and a negative prompt of
-different window counts itself, repeating the shorter one, which leaves cross-attention unchanged.
+what the Long-CLIP pipelines' `encode_prompt` (SD 1.x, SDXL, SD 3, Flux) give for that prompt alone (no
+classifier-free guidance). ComfyUI lines up a positive and a negative prompt of different window counts itself,
+repeating the shorter one, which leaves cross-attention unchanged.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..prompts import SDXL_STRATEGIES, encode_prompts, sd_text_spec, sdxl_text_spec
+from ..prompts import (
+    SDXL_STRATEGIES,
+    encode_flux_prompts,
+    encode_prompts,
+    encode_sd3_prompts,
+    sd_text_spec,
+    sdxl_text_spec,
+)
 from . import host
 from .encoders import LongCLIP
+from .t5 import T5
 
 
 def _check_clip_skip(clip_skip: int, *long_clips: LongCLIP, skipped_anyway: int = 0) -> None:
@@ -65,13 +73,7 @@ def encode_sdxl(
     concatenated; bigG reads `text_g` when given (SDXL's `prompt_2`) and, when shorter than CLIP-L, is chunked
     or stretched by `strategy`.
     """
-    if long_clip.clip_type != "clip_l" or clip_g.clip_type != "clip_g":
-        raise ValueError(
-            "Connect a Long-CLIP-L loaded as clip_l to `long_clip` and SDXL's bigG loaded as clip_g to `clip_g` "
-            f"(got {long_clip.clip_type} and {clip_g.clip_type})."
-        )
-    if strategy not in SDXL_STRATEGIES:
-        raise ValueError(f"Unknown strategy {strategy!r}; choose one of {', '.join(SDXL_STRATEGIES)}.")
+    _check_clip_l_and_g(long_clip, clip_g, "SDXL", strategy)
     _check_clip_skip(clip_skip, long_clip, clip_g, skipped_anyway=1)
     specs = [sdxl_text_spec(encoder.text_encoder, encoder.tokenizer, clip_skip) for encoder in (long_clip, clip_g)]
     prompts_2 = [text_g] if text_g and text_g != text else None
@@ -86,6 +88,91 @@ def encode_sdxl(
             device=device,
         )
     return _to_output(cond), _to_output(pooled)
+
+
+def encode_sd3(
+    long_clip: LongCLIP,
+    clip_g: LongCLIP,
+    t5: T5,
+    text: str,
+    text_g: str | None = None,
+    text_t5: str | None = None,
+    *,
+    strategy: str = "chunk",
+    clip_skip: int = 0,
+    weighting: bool = True,
+    max_windows: int | None = None,
+    max_sequence_length: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SD 3 conditioning [1, windows * 248 + max_sequence_length, T5's width] and both CLIP projections [1, E + G].
+
+    As the SD 3 pipeline: CLIP-L's and bigG's penultimate layers without the final norm (`clip_skip` layers
+    earlier) side by side, zero-padded to T5's width, then T5's states; bigG reads `text_g` and T5 `text_t5` when
+    given (SD 3's `prompt_2` / `prompt_3`); bigG is chunked or stretched by `strategy` when shorter than CLIP-L.
+    """
+    _check_clip_l_and_g(long_clip, clip_g, "SD 3", strategy)
+    if not long_clip.has_projection:
+        raise ValueError(
+            f"{long_clip.source}: this Long-CLIP-L has no text projection, but SD 3 reads CLIP-L's projected pooled "
+            "vector; load a Long-CLIP-L that has one (the published LongCLIP-L .pt, or its export) with Load Long-CLIP."
+        )
+    _check_clip_skip(clip_skip, long_clip, clip_g, skipped_anyway=1)
+    specs = [sdxl_text_spec(encoder.text_encoder, encoder.tokenizer, clip_skip) for encoder in (long_clip, clip_g)]
+    with host.on_load_device(long_clip.text_encoder, clip_g.text_encoder, t5.text_encoder) as device:
+        cond, pooled = encode_sd3_prompts(
+            [text],
+            specs,
+            t5.text_encoder,
+            t5.tokenizer,
+            prompts_2=[text_g] if text_g and text_g != text else None,
+            prompts_3=[text_t5 or text],
+            max_sequence_length=max_sequence_length,
+            strategy=strategy,
+            weighting=weighting,
+            max_windows=_max_windows(max_windows),
+            device=device,
+        )
+    return _to_output(cond), _to_output(pooled)
+
+
+def encode_flux(
+    long_clip: LongCLIP,
+    t5: T5,
+    text: str,
+    text_t5: str | None = None,
+    *,
+    weighting: bool = True,
+    max_sequence_length: int = 512,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flux conditioning: T5's states [1, max_sequence_length, T5's width] of `text_t5` (Flux's `prompt_2`; default
+    `text`) and CLIP-L's pooled output [1, 768] of `text`'s first window, without the projection (as the Flux
+    pipeline)."""
+    if long_clip.clip_type != "clip_l":
+        raise ValueError(f"{long_clip.source}: is loaded as {long_clip.clip_type}; Flux reads a clip_l encoder.")
+    clip_l = long_clip.text_encoder.text_model if long_clip.has_projection else long_clip.text_encoder
+    with host.on_load_device(long_clip.text_encoder, t5.text_encoder) as device:
+        cond, pooled = encode_flux_prompts(
+            [text],
+            clip_l,
+            long_clip.tokenizer,
+            t5.text_encoder,
+            t5.tokenizer,
+            prompts_2=[text_t5] if text_t5 else None,
+            max_sequence_length=max_sequence_length,
+            weighting=weighting,
+            device=device,
+        )
+    return _to_output(cond), _to_output(pooled)
+
+
+def _check_clip_l_and_g(long_clip: LongCLIP, clip_g: LongCLIP, family: str, strategy: str) -> None:
+    if long_clip.clip_type != "clip_l" or clip_g.clip_type != "clip_g":
+        raise ValueError(
+            f"Connect a Long-CLIP-L loaded as clip_l to `long_clip` and {family}'s bigG loaded as clip_g to `clip_g` "
+            f"(got {long_clip.clip_type} and {clip_g.clip_type})."
+        )
+    if strategy not in SDXL_STRATEGIES:
+        raise ValueError(f"Unknown strategy {strategy!r}; choose one of {', '.join(SDXL_STRATEGIES)}.")
 
 
 def _to_output(tensor: torch.Tensor | None) -> torch.Tensor | None:

@@ -12,21 +12,21 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection
 from ..convert import stretch_checkpoint
 from ..formats import Checkpoint, CheckpointError, checkpoint_from_state_dict, load_checkpoint
 from ..stretch import CLIP_POSITIONS, DEFAULT_KEEP, DEFAULT_RATIO
-from ..text_encoder import build_text_model, check_pair
-from ..tokenizer import LongCLIPTokenizer
+from ..text_encoder import build_text_model
+from ..tokenizer import LongCLIPTokenizer, check_pair
+from ..writing import text_state_dict
 
 CLIP_TYPES: tuple[str, ...] = ("clip_l", "clip_g")
 # How SD / SDXL's tokenizers (and ComfyUI's) pad: CLIP-L with the end token, OpenCLIP-bigG with "!" (id 0).
 PAD_TOKENS = {"clip_l": "<|endoftext|>", "clip_g": "!"}
-# Text towers whose heads and activation are not OpenAI's, told apart by depth as ComfyUI tells them apart.
 
 
 @dataclass
 class LongCLIP:
     """What a LONGCLIP socket carries: one text encoder, its tokenizer, and its role.
 
-    `clip_type` is `"clip_l"` (a Long-CLIP-L: SD 1.5's encoder, SDXL's first) or `"clip_g"` (SDXL's
-    OpenCLIP-bigG, with the text projection that gives the pooled output).
+    `clip_type` is `"clip_l"` (a Long-CLIP-L: SD 1.5's encoder, SDXL's and SD 3's first, Flux's CLIP) or `"clip_g"`
+    (SDXL's and SD 3's OpenCLIP-bigG, with the text projection that gives the pooled output).
     """
 
     text_encoder: CLIPTextModel | CLIPTextModelWithProjection = field(repr=False)
@@ -72,6 +72,35 @@ def read_checkpoint(source: str | os.PathLike) -> tuple[Checkpoint, Path | None]
     return checkpoint, path
 
 
+def role_problem(checkpoint: Checkpoint, clip_type: str) -> str | None:
+    """Why the role `clip_type` cannot use `checkpoint`, and how to get one that fits; `None` when it can.
+
+    `clip_l` must be long (a 77-position CLIP-L is refused); `clip_g` needs a text projection (SDXL's pooled
+    output) and may have 77 positions (the SDXL node chunks or stretches it).
+    """
+    check_clip_type(clip_type)
+    if clip_type == "clip_l" and checkpoint.num_positions <= CLIP_POSITIONS:
+        return (
+            f"has {checkpoint.num_positions} text positions, so it is a plain CLIP, not Long-CLIP. Load a "
+            'Long-CLIP-L, or make a training-free long encoder from a CLIP with the "Long-CLIP from CLIP (stretch)" '
+            "node or `longclip stretch`."
+        )
+    if clip_type == "clip_g" and not checkpoint.has_text_projection:
+        return (
+            "has no text projection, so it cannot give SDXL's or SD 3's pooled output; clip_g is their OpenCLIP-bigG "
+            "text encoder (clip_g.safetensors, or text_encoder_2 of an SDXL or SD 3 repo)."
+        )
+    return None
+
+
+def read_back_single_file(checkpoint: Checkpoint) -> Checkpoint:
+    """What the loader reads from `checkpoint` saved as a ComfyUI single file (`write_comfyui_text_encoder`):
+    weights without a config, whose heads and activation it infers from their shapes. Shapes only (meta
+    tensors): nothing is copied or written."""
+    tensors = text_state_dict(checkpoint, checkpoint.has_text_projection)
+    return checkpoint_from_state_dict({key: value.to("meta") for key, value in tensors.items()}, path=checkpoint.source)
+
+
 def long_clip_from_checkpoint(
     checkpoint: Checkpoint,
     clip_type: str = "clip_l",
@@ -80,24 +109,13 @@ def long_clip_from_checkpoint(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> LongCLIP:
-    """Build the text encoder and tokenizer of `checkpoint` for the role `clip_type`.
+    """Build the text encoder and tokenizer of `checkpoint` for the role `clip_type` (see `role_problem`).
 
-    `clip_l` must be long (a 77-position CLIP-L is refused) and keeps its text projection when it has one;
-    `clip_g` needs a text projection (SDXL's pooled output) and may have 77 positions (the SDXL node chunks or
-    stretches it). The tokenizer pads as SD / SDXL pad for that role.
+    The encoder keeps its text projection when it has one; the tokenizer pads as SD / SDXL pad for that role.
     """
-    check_clip_type(clip_type)
-    if clip_type == "clip_l" and checkpoint.num_positions <= CLIP_POSITIONS:
-        raise CheckpointError(
-            f"{checkpoint.source}: has {checkpoint.num_positions} text positions, so it is a plain CLIP, not "
-            'Long-CLIP. Load a Long-CLIP-L, or make a training-free long encoder from a CLIP with the "Long-CLIP '
-            'from CLIP (stretch)" node.'
-        )
-    if clip_type == "clip_g" and not checkpoint.has_text_projection:
-        raise CheckpointError(
-            f"{checkpoint.source}: has no text projection, so it cannot give SDXL's pooled output; clip_g is "
-            "SDXL's OpenCLIP-bigG text encoder (clip_g.safetensors, or text_encoder_2 of an SDXL repo)."
-        )
+    problem = role_problem(checkpoint, clip_type)
+    if problem:
+        raise CheckpointError(f"{checkpoint.source}: {problem}")
     with_projection = checkpoint.has_text_projection
     text_encoder = build_text_model(checkpoint, with_projection, dtype)
     if device is not None:
@@ -122,22 +140,30 @@ def load_long_clip(
     return long_clip_from_checkpoint(checkpoint, clip_type, tokenizer_source, dtype=dtype, device=device)
 
 
+def comfy_clip_encoder(clip: object, name: str, where_to_find_it: str) -> dict[str, torch.Tensor]:
+    """The weights of the text encoder `name` (clip_l, clip_g, t5xxl) of a ComfyUI CLIP, which keeps each encoder
+    under `<name>.transformer.`; when it holds none, a ValueError naming those it holds and `where_to_find_it`."""
+    state_dict = clip.get_sd()
+    prefix = f"{name}.transformer."
+    tensors = {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
+    if not tensors:
+        present = sorted({key.split(".")[0] for key in state_dict if ".transformer." in key})
+        raise ValueError(
+            f"This CLIP has no {name} text encoder (it has: {', '.join(present) or 'no text encoder'}). "
+            f"{where_to_find_it}"
+        )
+    return tensors
+
+
 def comfy_clip_state_dict(clip: object, clip_type: str) -> dict[str, torch.Tensor]:
     """The text encoder `clip_type` of a ComfyUI CLIP (e.g. from Load Checkpoint), in Hugging Face key names.
 
-    ComfyUI keeps each encoder under `<clip_type>.transformer.` (`text_model.*`, `text_projection.weight`).
-    CLIP-L's projection is dropped: SD checkpoints do not ship it.
+    ComfyUI keeps CLIP towers with Hugging Face's `text_model.*` and `text_projection.weight` keys. CLIP-L's
+    projection is dropped: SD checkpoints do not ship it.
     """
     check_clip_type(clip_type)
-    state_dict = clip.get_sd()
-    prefix = f"{clip_type}.transformer."
-    tensors = {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
-    if not tensors:
-        present = sorted({key.split(".")[0] for key in state_dict if ".transformer.text_model." in key})
-        raise ValueError(
-            f"This CLIP has no {clip_type} text encoder (it has: {', '.join(present) or 'no CLIP text encoder'}). "
-            "SD 1.5 checkpoints hold clip_l; SDXL checkpoints hold clip_l and clip_g."
-        )
+    where = "SD 1.5 checkpoints hold clip_l; SDXL checkpoints hold clip_l and clip_g."
+    tensors = comfy_clip_encoder(clip, clip_type, where)
     if clip_type == "clip_l":
         tensors.pop("text_projection.weight", None)
     return tensors

@@ -1,4 +1,4 @@
-"""ComfyUI nodes (category "Long-CLIP"): load Long-CLIP encoders, encode SD 1.5 / SDXL prompts past 248 tokens.
+"""ComfyUI nodes (category "Long-CLIP"): load Long-CLIP encoders, encode SD 1.5 / SDXL / SD 3 / Flux prompts.
 
 The classes follow ComfyUI's node contract (`INPUT_TYPES`, `RETURN_TYPES`, `FUNCTION`, `CATEGORY`) and import
 nothing from ComfyUI at import time; see `host` for what they take from it when they run inside it.
@@ -9,14 +9,17 @@ from __future__ import annotations
 from typing import Any
 
 from ..prompts import SDXL_STRATEGIES
-from ..stretch import DEFAULT_KEEP, DEFAULT_RATIO
+from ..stretch import CLIP_POSITIONS, DEFAULT_KEEP, DEFAULT_RATIO, max_ratio
 from . import host
-from .conditioning import encode_sd, encode_sdxl
+from .conditioning import encode_flux, encode_sd, encode_sd3, encode_sdxl
 from .encoders import CLIP_TYPES, LongCLIP, load_long_clip, long_clip_from_comfy_clip
+from .t5 import T5, t5_from_comfy_clip
 
 CATEGORY = "Long-CLIP"
 LONGCLIP = "LONGCLIP"  # the socket type of a LongCLIP object
+LONGCLIP_T5 = "LONGCLIP_T5"  # the socket type of a T5 object
 MAX_RESOLUTION = 16384  # ComfyUI's nodes.MAX_RESOLUTION
+MAX_T5_TOKENS = 512  # what the SD 3 and Flux pipelines accept as max_sequence_length
 
 _TEXT = ("STRING", {"multiline": True, "dynamicPrompts": True, "tooltip": "The prompt; A1111 weighting, BREAK."})
 _OPTIONS = {
@@ -32,12 +35,29 @@ _OPTIONS = {
 }
 
 
+_STRATEGY = (
+    list(SDXL_STRATEGIES),
+    {
+        "default": "chunk",
+        "tooltip": "How a 77-position bigG reads 248-token windows. chunk: in 77-token chunks, aligned token for "
+        "token with CLIP-L. stretch: stretched without training, one pass.",
+    },
+)
+_TEXT_G = ("STRING", {"multiline": True, "default": "", "tooltip": "bigG's prompt (empty: text)."})
+_TEXT_T5 = ("STRING", {"multiline": True, "default": "", "tooltip": "T5's prompt (empty: text)."})
+
+
 def _size(default: int) -> tuple[str, dict[str, Any]]:
     return ("INT", {"default": default, "min": 0, "max": MAX_RESOLUTION})
 
 
+def _t5_tokens(default: int) -> tuple[str, dict[str, Any]]:
+    tooltip = "T5 reads this many tokens (padding included), as the pipelines' max_sequence_length."
+    return ("INT", {"default": default, "min": 1, "max": MAX_T5_TOKENS, "tooltip": tooltip})
+
+
 class LongCLIPLoader:
-    """Load a Long-CLIP-L (clip_l) or SDXL's OpenCLIP-bigG (clip_g) from ComfyUI's text encoder folders."""
+    """Load a Long-CLIP-L (clip_l) or SDXL's / SD 3's OpenCLIP-bigG (clip_g) from ComfyUI's text encoder folders."""
 
     CATEGORY = CATEGORY
     DESCRIPTION = (
@@ -57,8 +77,9 @@ class LongCLIPLoader:
                     list(CLIP_TYPES),
                     {
                         "default": "clip_l",
-                        "tooltip": "clip_l: a Long-CLIP-L (SD 1.5, and SDXL's first encoder). clip_g: SDXL's "
-                        "OpenCLIP-bigG (77 positions are fine), for the SDXL node's clip_g input.",
+                        "tooltip": "clip_l: a Long-CLIP-L (SD 1.5; SDXL's and SD 3's first encoder; Flux's CLIP). "
+                        "clip_g: SDXL's or SD 3's OpenCLIP-bigG (77 positions are fine), for the SDXL and SD3 nodes' "
+                        "clip_g input.",
                     },
                 ),
             }
@@ -116,19 +137,9 @@ class LongCLIPTextEncodeSDXL:
                 "target_width": _size(1024),
                 "target_height": _size(1024),
                 "text": _TEXT,
-                "strategy": (
-                    list(SDXL_STRATEGIES),
-                    {
-                        "default": "chunk",
-                        "tooltip": "How a 77-position bigG reads 248-token windows. chunk: in 77-token chunks, "
-                        "aligned token for token with CLIP-L. stretch: stretched without training, one pass.",
-                    },
-                ),
+                "strategy": _STRATEGY,
             },
-            "optional": {
-                "text_g": ("STRING", {"multiline": True, "default": "", "tooltip": "bigG's prompt (empty: text)."}),
-                **_OPTIONS,
-            },
+            "optional": {"text_g": _TEXT_G, **_OPTIONS},
         }
 
     def encode(
@@ -169,6 +180,132 @@ class LongCLIPTextEncodeSDXL:
         return ([[cond, {"pooled_output": pooled, **sizes}]],)
 
 
+class LongCLIPTextEncodeSD3:
+    """SD 3 / 3.5 conditioning from a prompt of any length: Long-CLIP-L and bigG windows, then T5."""
+
+    CATEGORY = CATEGORY
+    DESCRIPTION = (
+        "Encodes a prompt for SD 3 / 3.5: Long-CLIP-L and bigG read the same 248-token windows (bigG in 77-token "
+        "chunks or stretched), T5 reads the prompt as the pipeline gives it. The same conditioning as "
+        "LongCLIPStableDiffusion3Pipeline."
+    )
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:
+        return {
+            "required": {
+                "long_clip": (LONGCLIP, {"tooltip": "A Long-CLIP-L with its text projection, loaded as clip_l."}),
+                "clip_g": (LONGCLIP, {"tooltip": "SD 3's OpenCLIP-bigG, loaded as clip_g."}),
+                "t5": (LONGCLIP_T5, {"tooltip": 'T5, from the "T5 from CLIP" node.'}),
+                "text": _TEXT,
+                "strategy": _STRATEGY,
+            },
+            "optional": {
+                "text_g": _TEXT_G,
+                "text_t5": _TEXT_T5,
+                **_OPTIONS,
+                "max_sequence_length": _t5_tokens(256),
+            },
+        }
+
+    def encode(
+        self,
+        long_clip: LongCLIP,
+        clip_g: LongCLIP,
+        t5: T5,
+        text: str,
+        strategy: str = "chunk",
+        text_g: str = "",
+        text_t5: str = "",
+        clip_skip: int = 0,
+        weighting: bool = True,
+        max_windows: int = 0,
+        max_sequence_length: int = 256,
+    ) -> tuple[list]:
+        cond, pooled = encode_sd3(
+            long_clip,
+            clip_g,
+            t5,
+            text,
+            text_g or None,
+            text_t5 or None,
+            strategy=strategy,
+            clip_skip=clip_skip,
+            weighting=weighting,
+            max_windows=max_windows,
+            max_sequence_length=max_sequence_length,
+        )
+        return ([[cond, {"pooled_output": pooled}]],)
+
+
+class LongCLIPTextEncodeFlux:
+    """Flux.1 conditioning: Long-CLIP-L's pooled vector of the first 248 tokens, T5's states, and the guidance."""
+
+    CATEGORY = CATEGORY
+    DESCRIPTION = (
+        "Encodes a prompt for Flux.1: Long-CLIP-L's pooled vector reads up to 246 tokens (CLIP-L: 75), T5 reads the "
+        "prompt as the pipeline gives it, weights scale T5's states. The same conditioning as LongCLIPFluxPipeline, "
+        "with the guidance of ComfyUI's CLIPTextEncodeFlux."
+    )
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:
+        return {
+            "required": {
+                "long_clip": (LONGCLIP, {"tooltip": "A Long-CLIP-L, loaded as clip_l."}),
+                "t5": (LONGCLIP_T5, {"tooltip": 'T5, from the "T5 from CLIP" node.'}),
+                "text": _TEXT,
+                "guidance": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1}),
+            },
+            "optional": {
+                "text_t5": _TEXT_T5,
+                "weighting": _OPTIONS["weighting"],
+                "max_sequence_length": _t5_tokens(MAX_T5_TOKENS),
+            },
+        }
+
+    def encode(
+        self,
+        long_clip: LongCLIP,
+        t5: T5,
+        text: str,
+        guidance: float,
+        text_t5: str = "",
+        weighting: bool = True,
+        max_sequence_length: int = MAX_T5_TOKENS,
+    ) -> tuple[list]:
+        cond, pooled = encode_flux(
+            long_clip, t5, text, text_t5 or None, weighting=weighting, max_sequence_length=max_sequence_length
+        )
+        return ([[cond, {"pooled_output": pooled, "guidance": guidance}]],)
+
+
+class LongCLIPT5FromCLIP:
+    """SD 3's / Flux's T5 from a ComfyUI CLIP, for the Long-CLIP SD 3 and Flux nodes."""
+
+    CATEGORY = CATEGORY
+    DESCRIPTION = (
+        "Takes T5 (weights and tokenizer) out of a CLIP that holds one: CLIPLoader (type sd3) with a t5xxl file, "
+        "DualCLIPLoader, TripleCLIPLoader, or a checkpoint that bundles T5. The Long-CLIP nodes run it as the "
+        "diffusers pipelines do; it is a copy, so it takes T5's memory once more."
+    )
+    RETURN_TYPES = (LONGCLIP_T5,)
+    RETURN_NAMES = ("t5",)
+    FUNCTION = "take"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:
+        return {"required": {"clip": ("CLIP", {"tooltip": "A ComfyUI CLIP holding T5 (t5xxl)."})}}
+
+    def take(self, clip: Any) -> tuple[T5]:
+        _patch_weights(clip)
+        return (t5_from_comfy_clip(clip, dtype=host.model_dtype(), device=host.offload_device()),)
+
+
 class LongCLIPStretch:
     """A long encoder from a ComfyUI CLIP (e.g. a checkpoint's clip_g or clip_l), stretched without training."""
 
@@ -188,8 +325,8 @@ class LongCLIPStretch:
             "required": {
                 "clip": ("CLIP", {"tooltip": "A ComfyUI CLIP, e.g. from Load Checkpoint."}),
                 "clip_type": (list(CLIP_TYPES), {"default": "clip_g"}),
-                "keep": ("INT", {"default": DEFAULT_KEEP, "min": 0, "max": 75}),
-                "ratio": ("INT", {"default": DEFAULT_RATIO, "min": 1, "max": 16}),
+                "keep": ("INT", {"default": DEFAULT_KEEP, "min": 0, "max": CLIP_POSITIONS - 2}),
+                "ratio": ("INT", {"default": DEFAULT_RATIO, "min": 1, "max": max_ratio(CLIP_POSITIONS)}),
             }
         }
 
@@ -210,11 +347,17 @@ NODE_CLASS_MAPPINGS = {
     "LongCLIPLoader": LongCLIPLoader,
     "LongCLIPTextEncode": LongCLIPTextEncode,
     "LongCLIPTextEncodeSDXL": LongCLIPTextEncodeSDXL,
+    "LongCLIPTextEncodeSD3": LongCLIPTextEncodeSD3,
+    "LongCLIPTextEncodeFlux": LongCLIPTextEncodeFlux,
+    "LongCLIPT5FromCLIP": LongCLIPT5FromCLIP,
     "LongCLIPStretch": LongCLIPStretch,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "LongCLIPLoader": "Load Long-CLIP",
     "LongCLIPTextEncode": "Long-CLIP Text Encode (SD 1.5)",
     "LongCLIPTextEncodeSDXL": "Long-CLIP Text Encode (SDXL)",
+    "LongCLIPTextEncodeSD3": "Long-CLIP Text Encode (SD3)",
+    "LongCLIPTextEncodeFlux": "Long-CLIP Text Encode (Flux)",
+    "LongCLIPT5FromCLIP": "T5 from CLIP (Long-CLIP)",
     "LongCLIPStretch": "Long-CLIP from CLIP (stretch)",
 }

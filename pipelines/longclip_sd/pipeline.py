@@ -2,6 +2,8 @@
 #
 # Load it like the stock pipeline, or as a diffusers custom pipeline:
 #     DiffusionPipeline.from_pretrained(sd15_id, custom_pipeline=<this folder>, text_encoder=..., tokenizer=...)
+# A folder written by its `save_pretrained` holds a copy of this file and loads back with
+#     DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
 """`LongCLIPStableDiffusionPipeline`: Stable Diffusion conditioned on prompts far past 77 tokens."""
 
 import torch
@@ -13,6 +15,7 @@ from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_layers
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
+from longclip_diffusers.pipelines.saving import SavesItsCode
 from longclip_diffusers.prompts import (
     as_prompt_list,
     encode_prompts,
@@ -22,10 +25,10 @@ from longclip_diffusers.prompts import (
     sd_text_spec,
     windows_in,
 )
-from longclip_diffusers.text_encoder import check_pair
+from longclip_diffusers.tokenizer import check_pair
 
 
-class LongCLIPStableDiffusionPipeline(StableDiffusionPipeline):
+class LongCLIPStableDiffusionPipeline(SavesItsCode, StableDiffusionPipeline):
     r"""Stable Diffusion with Long-CLIP conditioning: 248 tokens per window, windows past 248, A1111 weighting.
 
     Same components, signature and features as [`StableDiffusionPipeline`]; only prompt encoding differs:
@@ -42,6 +45,8 @@ class LongCLIPStableDiffusionPipeline(StableDiffusionPipeline):
         max_prompt_windows (`int`, *optional*): drop prompt text past this many windows, with a warning that
             names the dropped words. Unlimited by default.
     """
+
+    code_file = "pipeline_longclip_sd"  # this module's name in a saved folder (see SavesItsCode)
 
     def __init__(
         self,

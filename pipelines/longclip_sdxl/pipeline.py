@@ -2,6 +2,8 @@
 #
 # Load it like the stock pipeline, or as a diffusers custom pipeline:
 #     DiffusionPipeline.from_pretrained(sdxl_id, custom_pipeline=<this folder>, text_encoder=..., tokenizer=...)
+# A folder written by its `save_pretrained` holds a copy of this file and loads back with
+#     DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
 """`LongCLIPStableDiffusionXLPipeline`: SDXL conditioned on prompts far past 77 tokens."""
 
 import torch
@@ -18,6 +20,7 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
+from longclip_diffusers.pipelines.saving import SavesItsCode
 from longclip_diffusers.prompts import (
     SDXL_STRATEGIES,
     TextEncoderSpec,
@@ -29,10 +32,10 @@ from longclip_diffusers.prompts import (
     sdxl_text_spec,
     windows_in,
 )
-from longclip_diffusers.text_encoder import check_pair
+from longclip_diffusers.tokenizer import check_pair
 
 
-class LongCLIPStableDiffusionXLPipeline(StableDiffusionXLPipeline):
+class LongCLIPStableDiffusionXLPipeline(SavesItsCode, StableDiffusionXLPipeline):
     r"""SDXL with Long-CLIP conditioning: 248-token CLIP-L windows, windows past 248, A1111 weighting.
 
     Same components, signature and features as [`StableDiffusionXLPipeline`]; only prompt encoding differs.
@@ -53,6 +56,8 @@ class LongCLIPStableDiffusionXLPipeline(StableDiffusionXLPipeline):
         max_prompt_windows (`int`, *optional*): drop prompt text past this many windows, with a warning that
             names the dropped words. Unlimited by default.
     """
+
+    code_file = "pipeline_longclip_sdxl"  # this module's name in a saved folder (see SavesItsCode)
 
     def __init__(
         self,

@@ -16,6 +16,7 @@ import torch
 
 from longclip_diffusers.formats import hf_to_canonical
 from longclip_diffusers.hub import WEIGHT_SUFFIXES
+from longclip_diffusers.tiny import tiny_text_config
 
 SHORT = "a lighthouse at dusk, oil painting"
 WEIGHTED = "a (red:1.4) boat [in the fog] near a ((lighthouse)), \\(detailed\\) BREAK seagulls, (sunset)"
@@ -67,16 +68,37 @@ def install_comfy_stubs(monkeypatch: pytest.MonkeyPatch, models_dir: Path, dtype
 
 
 class FakeComfyCLIP:
-    """A ComfyUI `CLIP` as the nodes read it: `get_sd()` with each encoder under `<name>.transformer.`."""
+    """A ComfyUI `CLIP` as the nodes read it: `get_sd()` with each encoder under `<name>.transformer.`, and the
+    tokenizers ComfyUI's SD 3 / Flux CLIPs hold (`tokenizer.t5xxl.tokenizer`, a Hugging Face T5 tokenizer).
 
-    def __init__(self, **encoders: torch.nn.Module) -> None:
+    CLIP towers get ComfyUI's `text_model.` key names; T5 (`t5xxl`) keeps Hugging Face's, which ComfyUI's own T5
+    module uses (comfy/text_encoders/t5.py), without `encoder.embed_tokens` (it embeds through `shared`).
+    """
+
+    def __init__(self, t5_tokenizer=None, **encoders: torch.nn.Module) -> None:
         self.encoders = encoders
+        self.tokenizer = types.SimpleNamespace()
+        if t5_tokenizer is not None:
+            self.tokenizer.t5xxl = types.SimpleNamespace(tokenizer=t5_tokenizer)
 
     def get_sd(self) -> dict[str, torch.Tensor]:
         state_dict = {}
         for name, encoder in self.encoders.items():
+            if name == "t5xxl":
+                for key, value in encoder.state_dict().items():
+                    if key != "encoder.embed_tokens.weight":
+                        state_dict[f"t5xxl.transformer.{key}"] = value
+                continue
             for key, value in hf_to_canonical(encoder.state_dict()).items():
                 if not key.endswith("position_ids"):  # ComfyUI's CLIP has no such buffer
                     state_dict[f"{name}.transformer.{key}"] = value
             state_dict[f"{name}.logit_scale"] = torch.tensor(4.6055)
         return state_dict
+
+
+def openai_like_config(hidden_size: int, projection_dim: int = 32):
+    """A tiny CLIP text config with OpenAI's 64-wide heads, so a weights-only copy is read back the same."""
+    config = tiny_text_config(hidden_size, projection_dim)
+    config.num_attention_heads = hidden_size // 64
+    config.num_hidden_layers = 3
+    return config

@@ -6,30 +6,51 @@ import copy
 
 import pytest
 import torch
-from comfy_fakes import LONG, PROMPTS, SHORT, WEIGHTED, WINDOWS, FakeComfyCLIP, install_comfy_stubs
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-from transformers import CLIPTextModel, CLIPTextModelWithProjection
+from comfy_fakes import (
+    LONG,
+    PROMPTS,
+    SHORT,
+    WEIGHTED,
+    WINDOWS,
+    FakeComfyCLIP,
+    install_comfy_stubs,
+    openai_like_config,
+)
+from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from longclip_diffusers import CheckpointError, LongCLIPTokenizer, stretch_model
 from longclip_diffusers.comfyui import (
     CATEGORY,
     LONGCLIP,
+    LONGCLIP_T5,
     NODE_CLASS_MAPPINGS,
     NODE_DISPLAY_NAME_MAPPINGS,
     LongCLIP,
     LongCLIPLoader,
     LongCLIPStretch,
+    LongCLIPT5FromCLIP,
     LongCLIPTextEncode,
+    LongCLIPTextEncodeFlux,
+    LongCLIPTextEncodeSD3,
     LongCLIPTextEncodeSDXL,
     host,
 )
-from longclip_diffusers.formats import checkpoint_from_state_dict, infer_open_clip_model
-from longclip_diffusers.pipelines import LongCLIPStableDiffusionPipeline, LongCLIPStableDiffusionXLPipeline
-from longclip_diffusers.tiny import tiny_text_config
+from longclip_diffusers.formats import checkpoint_from_state_dict, hf_to_canonical, infer_open_clip_model
+from longclip_diffusers.pipelines import (
+    LongCLIPFluxPipeline,
+    LongCLIPStableDiffusion3Pipeline,
+    LongCLIPStableDiffusionPipeline,
+    LongCLIPStableDiffusionXLPipeline,
+)
+from longclip_diffusers.stretch import MAX_POSITIONS, stretched_length
 
 SD_LONG = "longclip-sd15/text_encoder/model.safetensors"  # as ComfyUI lists a diffusers folder's weights
 SDXL_LONG = "longclip-sdxl/text_encoder/model.safetensors"
 SDXL_G = "sdxl/text_encoder_2/model.safetensors"
+SD3_LONG = "longclip-sd3/text_encoder/model.safetensors"
+SD3_G = "sd3/text_encoder_2/model.safetensors"
+FLUX_LONG = "longclip-flux/text_encoder/model.safetensors"
 SIZES = dict(width=1024, height=768, crop_w=0, crop_h=16, target_width=1024, target_height=768)
 
 
@@ -42,14 +63,6 @@ def cond_of(conditioning: list) -> tuple[torch.Tensor, dict]:
     assert isinstance(conditioning, list) and len(conditioning) == 1
     tensor, extras = conditioning[0]
     return tensor, extras
-
-
-def openai_like_config(hidden_size: int, projection_dim: int = 32):
-    """A tiny CLIP text config with OpenAI's 64-wide heads, so a weights-only copy is read back the same."""
-    config = tiny_text_config(hidden_size, projection_dim)
-    config.num_attention_heads = hidden_size // 64
-    config.num_hidden_layers = 3
-    return config
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -78,15 +91,37 @@ def sdxl_pipe(tiny_components, long_parts):
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny_components):
-    """{"sd": clip_l, "l": clip_l, "g": clip_g} loaded by the loader node from ComfyUI's (faked) model folder."""
+def sd3_pipe(tiny_components, long_parts):
+    stock = StableDiffusion3Pipeline.from_pretrained(tiny_components / "sd3")
+    text_encoder, tokenizer = long_parts("sd3")
+    return LongCLIPStableDiffusion3Pipeline.from_pipe(stock, text_encoder=text_encoder, tokenizer=tokenizer)
+
+
+@pytest.fixture(scope="module")
+def flux_pipe(tiny_components, long_parts):
+    stock = FluxPipeline.from_pretrained(tiny_components / "flux")
+    text_encoder, tokenizer = long_parts("flux")
+    return LongCLIPFluxPipeline.from_pipe(stock, text_encoder=text_encoder, tokenizer=tokenizer)
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_components, sd3_pipe, flux_pipe):
+    """Encoders loaded by the loader node from ComfyUI's (faked) model folder: SD 1.5's clip_l ("sd"), SDXL's
+    clip_l and clip_g ("l", "g"), SD 3's ("sd3_l", "sd3_g") and Flux's clip_l ("flux"); and each pipeline's T5,
+    taken by the T5 node out of a ComfyUI CLIP that holds it ("sd3_t5", "flux_t5")."""
     with pytest.MonkeyPatch.context() as monkeypatch:
         install_comfy_stubs(monkeypatch, tiny_components)
-        return {
-            "sd": call(LongCLIPLoader, text_encoder=SD_LONG, clip_type="clip_l")[0],
-            "l": call(LongCLIPLoader, text_encoder=SDXL_LONG, clip_type="clip_l")[0],
-            "g": call(LongCLIPLoader, text_encoder=SDXL_G, clip_type="clip_g")[0],
+        loads = {"sd": (SD_LONG, "clip_l"), "l": (SDXL_LONG, "clip_l"), "g": (SDXL_G, "clip_g")}
+        loads.update({"sd3_l": (SD3_LONG, "clip_l"), "sd3_g": (SD3_G, "clip_g"), "flux": (FLUX_LONG, "clip_l")})
+        encoders = {
+            key: call(LongCLIPLoader, text_encoder=name, clip_type=kind)[0] for key, (name, kind) in loads.items()
         }
+        for key, (t5, tokenizer) in {
+            "sd3_t5": (sd3_pipe.text_encoder_3, sd3_pipe.tokenizer_3),
+            "flux_t5": (flux_pipe.text_encoder_2, flux_pipe.tokenizer_2),
+        }.items():
+            encoders[key] = call(LongCLIPT5FromCLIP, clip=FakeComfyCLIP(t5_tokenizer=tokenizer, t5xxl=t5))[0]
+        return encoders
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +167,14 @@ def test_input_and_output_types_connect(comfy):
     assert set(SIZES) <= set(sdxl)  # the size fields of ComfyUI's CLIPTextEncodeSDXL
     assert sdxl["strategy"][0] == ["chunk", "stretch"]
     assert LongCLIPStretch.INPUT_TYPES()["required"]["clip"][0] == "CLIP"  # ComfyUI's own CLIP socket
+    assert LongCLIPT5FromCLIP.INPUT_TYPES()["required"]["clip"][0] == "CLIP"
+    assert LongCLIPT5FromCLIP.RETURN_TYPES == (LONGCLIP_T5,)
+    sd3 = LongCLIPTextEncodeSD3.INPUT_TYPES()["required"]
+    flux = LongCLIPTextEncodeFlux.INPUT_TYPES()["required"]
+    assert sd3["long_clip"][0] == sd3["clip_g"][0] == flux["long_clip"][0] == LONGCLIP
+    assert sd3["t5"][0] == flux["t5"][0] == LONGCLIP_T5
+    assert flux["guidance"] == ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1})  # as ComfyUI's
+    assert LongCLIPTextEncodeSD3.RETURN_TYPES == LongCLIPTextEncodeFlux.RETURN_TYPES == ("CONDITIONING",)
 
 
 def test_the_loader_lists_comfyuis_text_encoder_folder(comfy):
@@ -248,6 +291,163 @@ def test_sdxl_node_refuses_swapped_encoders(loaded):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# SD 3: CLIP windows and T5, the pipeline's conditioning and pooled vectors
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["chunk", "stretch"])
+@pytest.mark.parametrize("prompt", sorted(PROMPTS))
+def test_sd3_node_equals_the_pipeline(prompt, strategy, loaded, sd3_pipe):
+    text = PROMPTS[prompt]
+    pipe = LongCLIPStableDiffusion3Pipeline.from_pipe(sd3_pipe, long_prompt_strategy=strategy)
+    inputs = dict(long_clip=loaded["sd3_l"], clip_g=loaded["sd3_g"], t5=loaded["sd3_t5"], text=text, strategy=strategy)
+    cond, extras = cond_of(call(LongCLIPTextEncodeSD3, **inputs)[0])
+    with torch.no_grad():  # as the pipeline calls encode_prompt
+        expected, _, pooled, _ = pipe.encode_prompt(text, device="cpu", do_classifier_free_guidance=False)
+    assert torch.equal(cond, expected) and torch.equal(extras["pooled_output"], pooled)
+    assert set(extras) == {"pooled_output"}  # as ComfyUI's CLIPTextEncodeSD3
+    assert cond.shape == (1, WINDOWS[prompt] * 248 + 256, 80) and extras["pooled_output"].shape == (1, 64)
+
+    options = dict(text_g="an oil painting", text_t5="a lighthouse, seen from the sea", clip_skip=1)
+    cond, extras = cond_of(call(LongCLIPTextEncodeSD3, **inputs, **options, max_sequence_length=77)[0])
+    with torch.no_grad():
+        expected, _, pooled, _ = pipe.encode_prompt(
+            text,
+            prompt_2=options["text_g"],
+            prompt_3=options["text_t5"],
+            device="cpu",
+            do_classifier_free_guidance=False,
+            clip_skip=1,
+            max_sequence_length=77,
+        )
+    assert torch.equal(cond, expected) and torch.equal(extras["pooled_output"], pooled)
+    assert cond.shape[1] == WINDOWS[prompt] * 248 + 77
+
+
+def test_sd3_node_matches_the_pipelines_positive_and_negative(loaded, sd3_pipe):
+    negative = "blurry, low quality, watermark, " * 50  # two windows, as LONG
+    with torch.no_grad():
+        expected, expected_negative, pooled, negative_pooled = sd3_pipe.encode_prompt(
+            LONG, device="cpu", negative_prompt=negative
+        )
+    inputs = dict(long_clip=loaded["sd3_l"], clip_g=loaded["sd3_g"], t5=loaded["sd3_t5"])
+    for text, embeds, pooled_embeds in ((LONG, expected, pooled), (negative, expected_negative, negative_pooled)):
+        cond, extras = cond_of(call(LongCLIPTextEncodeSD3, **inputs, text=text)[0])
+        assert torch.equal(cond, embeds) and torch.equal(extras["pooled_output"], pooled_embeds)
+
+
+def test_sd3_node_refuses_what_sd3_cannot_read(loaded):
+    inputs = dict(clip_g=loaded["sd3_g"], t5=loaded["sd3_t5"], text=SHORT)
+    with pytest.raises(ValueError, match="has no text projection, but SD 3 reads CLIP-L's projected pooled vector"):
+        call(LongCLIPTextEncodeSD3, long_clip=loaded["flux"], **inputs)  # Flux's Long-CLIP-L: no projection
+    with pytest.raises(ValueError, match="Connect a Long-CLIP-L loaded as clip_l to `long_clip` and SD 3's bigG"):
+        call(LongCLIPTextEncodeSD3, long_clip=loaded["sd3_g"], clip_g=loaded["sd3_l"], t5=loaded["sd3_t5"], text=SHORT)
+    with pytest.raises(ValueError, match="weight 20 is outside the range 0 to 10"):
+        call(LongCLIPTextEncodeSD3, long_clip=loaded["sd3_l"], **{**inputs, "text": "a (cat:20)"})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Flux: Long-CLIP-L's pooled vector and T5, the pipeline's; the guidance as ComfyUI's CLIPTextEncodeFlux gives it
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prompt", sorted(PROMPTS))
+def test_flux_node_equals_the_pipeline(prompt, loaded, flux_pipe):
+    text = PROMPTS[prompt]
+    inputs = dict(long_clip=loaded["flux"], t5=loaded["flux_t5"], text=text, guidance=2.5)
+    cond, extras = cond_of(call(LongCLIPTextEncodeFlux, **inputs)[0])
+    with torch.no_grad():  # as the pipeline calls encode_prompt
+        expected, pooled, _ = flux_pipe.encode_prompt(text, device="cpu")
+    assert torch.equal(cond, expected) and torch.equal(extras["pooled_output"], pooled)
+    assert extras == {"pooled_output": extras["pooled_output"], "guidance": 2.5}  # as ComfyUI's CLIPTextEncodeFlux
+    assert cond.shape == (1, 512, 80) and cond.dtype == torch.float32 and pooled.shape == (1, 32)
+
+    cond, extras = cond_of(
+        call(LongCLIPTextEncodeFlux, **inputs, text_t5="an oil painting", max_sequence_length=128)[0]
+    )
+    with torch.no_grad():
+        expected, pooled, _ = flux_pipe.encode_prompt(text, "an oil painting", device="cpu", max_sequence_length=128)
+    assert torch.equal(cond, expected) and torch.equal(extras["pooled_output"], pooled)
+
+
+def test_flux_node_reads_a_long_clip_l_with_a_projection_unprojected(loaded, flux_pipe):
+    """A published Long-CLIP-L comes with its projection; Flux reads the pooled output before it."""
+    with_projection = LongCLIP(
+        CLIPTextModelWithProjection(loaded["flux"].text_encoder.config).eval(), loaded["flux"].tokenizer, "clip_l"
+    )
+    with_projection.text_encoder.text_model.load_state_dict(loaded["flux"].text_encoder.state_dict())
+    inputs = dict(t5=loaded["flux_t5"], text=LONG, guidance=3.5)
+    projected, _ = cond_of(call(LongCLIPTextEncodeFlux, long_clip=with_projection, **inputs)[0])
+    plain, _ = cond_of(call(LongCLIPTextEncodeFlux, long_clip=loaded["flux"], **inputs)[0])
+    assert torch.equal(projected, plain)
+    pooled = [cond_of(call(LongCLIPTextEncodeFlux, long_clip=clip, **inputs)[0])[1]["pooled_output"]
+              for clip in (with_projection, loaded["flux"])]  # fmt: skip
+    assert torch.equal(*pooled)
+
+
+def test_flux_node_refuses_a_clip_g(loaded):
+    with pytest.raises(ValueError, match="is loaded as clip_g; Flux reads a clip_l encoder"):
+        call(LongCLIPTextEncodeFlux, long_clip=loaded["sd3_g"], t5=loaded["flux_t5"], text=SHORT, guidance=3.5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# T5 from a ComfyUI CLIP
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_t5_from_a_clip_is_the_pipelines_t5(loaded, sd3_pipe):
+    t5 = loaded["sd3_t5"]
+    reference = sd3_pipe.text_encoder_3
+    assert t5.tokenizer is sd3_pipe.tokenizer_3  # ComfyUI's own tokenizer object, as the CLIP holds it
+    assert t5.text_encoder is not reference and t5.text_encoder.config.num_heads == reference.config.num_heads
+    assert t5.text_encoder.config.relative_attention_num_buckets == reference.config.relative_attention_num_buckets
+    ids = sd3_pipe.tokenizer_3(LONG, return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(t5.text_encoder(ids)[0], reference(ids)[0])
+    for name, parameter in t5.text_encoder.named_parameters():  # a copy: ComfyUI may patch its own in place
+        assert parameter.data_ptr() != reference.get_parameter(name).data_ptr(), name
+
+
+def test_t5_from_a_clip_stored_in_scaled_fp8_is_multiplied_out(sd3_pipe, comfy):
+    """ComfyUI's t5xxl_fp8_e4m3fn_scaled files: fp8 weights with a `scale_weight` each, `scaled_fp8` marker."""
+    reference = sd3_pipe.text_encoder_3
+
+    class ScaledFP8CLIP(FakeComfyCLIP):
+        def get_sd(self):
+            state_dict = super().get_sd()
+            for key in [key for key in state_dict if key.endswith(".q.weight")]:
+                state_dict[key] = (state_dict[key] / 0.25).to(torch.float8_e4m3fn)
+                state_dict[key.removesuffix("weight") + "scale_weight"] = torch.tensor(0.25)
+            state_dict["t5xxl.transformer.scaled_fp8"] = torch.tensor([], dtype=torch.float8_e4m3fn)
+            return state_dict
+
+    clip = ScaledFP8CLIP(t5_tokenizer=sd3_pipe.tokenizer_3, t5xxl=reference)
+    (t5,) = call(LongCLIPT5FromCLIP, clip=clip)
+    assert t5.text_encoder.dtype == torch.float32
+    for key, value in clip.get_sd().items():
+        if key.endswith(".q.weight"):
+            name = key.removeprefix("t5xxl.transformer.")
+            expected = value.float() * 0.25
+            assert torch.equal(t5.text_encoder.get_parameter(name), expected)
+            assert torch.allclose(expected, reference.get_parameter(name), rtol=0.07, atol=1e-3)
+
+
+def test_t5_from_a_clip_without_t5_is_refused(sd3_pipe, comfy):
+    with pytest.raises(
+        ValueError, match=r"This CLIP has no t5xxl text encoder \(it has: clip_g, clip_l\)\. Load one with CLIPLoader"
+    ):
+        call(LongCLIPT5FromCLIP, clip=FakeComfyCLIP(clip_l=sd3_pipe.text_encoder, clip_g=sd3_pipe.text_encoder_2))
+    with pytest.raises(ValueError, match="holds T5 weights but no T5 tokenizer"):
+        call(LongCLIPT5FromCLIP, clip=FakeComfyCLIP(t5xxl=sd3_pipe.text_encoder_3))
+    broken = FakeComfyCLIP(t5_tokenizer=sd3_pipe.tokenizer_3, t5xxl=sd3_pipe.text_encoder_3)
+    state_dict = broken.get_sd()
+    state_dict["t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.q.weight_scale"] = torch.tensor(1.0)
+    broken.get_sd = lambda: state_dict  # a quantization format these nodes do not read
+    with pytest.raises(ValueError, match=r"holds a T5 these nodes cannot read \(0 weights missing, 1 unexpected"):
+        call(LongCLIPT5FromCLIP, clip=broken)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Long-CLIP from a ComfyUI CLIP (e.g. a checkpoint's own clip_g / clip_l), stretched without training
 # ----------------------------------------------------------------------------------------------------------
 
@@ -279,6 +479,17 @@ def test_long_clip_l_from_a_checkpoints_clip_equals_a_stretched_encoder(sd_pipe,
     assert torch.equal(cond, pipe.encode_prompt(LONG, "cpu", 1, False)[0])
 
 
+def test_stretch_node_bounds_allow_exactly_what_stretching_makes(big_g, comfy):
+    inputs = LongCLIPStretch.INPUT_TYPES()["required"]
+    keep, ratio = inputs["keep"][1], inputs["ratio"][1]
+    assert (keep["min"], keep["max"], ratio["min"]) == (0, 75, 1)  # 75: the last two of CLIP's 77 rows continue
+    assert all(stretched_length(77, k, ratio["max"]) <= MAX_POSITIONS for k in range(keep["max"] + 1))
+    with pytest.raises(ValueError, match=f"at most {MAX_POSITIONS} are supported"):
+        stretched_length(77, 0, ratio["max"] + 1)  # the bound is tight: one more is refused at keep 0
+    with pytest.raises(ValueError, match=f"at most {MAX_POSITIONS} are supported"):  # past the UI, e.g. the API
+        call(LongCLIPStretch, clip=FakeComfyCLIP(clip_g=big_g), clip_type="clip_g", keep=20, ratio=10**12)
+
+
 def test_stretch_node_refuses_what_it_cannot_make(big_g, comfy):
     with pytest.raises(ValueError, match=r"This CLIP has no clip_g text encoder \(it has: clip_l\)"):
         call(LongCLIPStretch, clip=FakeComfyCLIP(clip_l=big_g), clip_type="clip_g", keep=20, ratio=4)
@@ -301,19 +512,10 @@ def test_the_loader_refuses_a_short_clip_l_and_a_clip_g_without_projection(comfy
 
 
 def test_weights_only_bigg_and_h_get_open_clips_heads_and_activation():
-    def shapes(layers: int, width: int) -> dict[str, torch.Tensor]:  # shapes only: meta tensors
-        def meta(*shape):
-            return torch.empty(shape, device="meta")
-
-        tensors = {
-            "text_model.embeddings.token_embedding.weight": meta(49408, width),
-            "text_model.embeddings.position_embedding.weight": meta(77, width),
-            "text_model.final_layer_norm.weight": meta(width),
-            "text_projection.weight": meta(width, width),
-        }
-        for i in range(layers):
-            tensors[f"text_model.encoder.layers.{i}.mlp.fc1.weight"] = meta(4 * width, width)
-        return tensors
+    def shapes(layers: int, width: int) -> dict[str, torch.Tensor]:  # shapes only: a meta-device encoder's
+        config = CLIPTextConfig(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers)
+        with torch.device("meta"):
+            return hf_to_canonical(CLIPTextModelWithProjection(config).state_dict())
 
     for layers, width, architecture, heads in ((32, 1280, "ViT-bigG-14", 20), (24, 1024, "ViT-H-14", 16)):
         state_dict = shapes(layers, width)

@@ -1,6 +1,7 @@
 """The demo in a real browser: Debian's Chromium, driven by Playwright, against `longclip demo --tiny`."""
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -28,6 +29,22 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+# Every non-space character of the highlighted text, in reading order, with the top of the line it sits on.
+CHARACTER_TOPS = """(root) => {
+    const characters = [];
+    for (const span of root.querySelectorAll('.text')) {
+        const walker = document.createTreeWalker(span, NodeFilter.SHOW_TEXT);
+        for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+            for (let i = 0; i < node.length; i++) {
+                const range = document.createRange();
+                range.setStart(node, i);
+                range.setEnd(node, i + 1);
+                characters.push([node.data[i], range.getBoundingClientRect().top]);
+            }
+        }
+    }
+    return characters;
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +106,8 @@ def test_a_long_prompt_gives_two_images_the_count_and_the_unseen_text(server, br
     expect(page.locator("#vanilla img")).to_be_visible(timeout=120_000)
     expect(page.locator("#long img")).to_be_visible(timeout=120_000)
     expect(page.locator("#token-count")).to_contain_text("vanilla CLIP reads the first 75", timeout=30_000)
-    count = page.locator("#token-count").inner_text()
-    assert count.split()[0].isdigit() and int(count.split()[0]) > 100
+    counts = re.match(r"(\d+) tokens for vanilla CLIP, (\d+) for Long-CLIP", page.locator("#token-count").inner_text())
+    assert counts and int(counts[1]) > 100 and int(counts[2]) > 100
     # the highlighted span is the text past the stock pipeline's cut: the boat, not the lighthouse
     highlighted = page.locator("#highlighted").inner_text()
     assert (
@@ -101,10 +118,47 @@ def test_a_long_prompt_gives_two_images_the_count_and_the_unseen_text(server, br
     page.close()
 
 
+def test_another_base_reads_t5_and_says_what_it_leaves_out(server, browser):
+    """Flux.1 (tiny): chosen in the page, generated on first use; its CLIP-L reads one window, T5 the prompt, and
+    the negative prompt (the page's default) is left out, saying so."""
+    page = open_page(browser, server)
+    page.locator("#base").get_by_label("Flux.1").check()
+    generate(page, PROMPT)
+    expect(page.locator("#long img")).to_be_visible(timeout=120_000)
+    count = page.locator("#token-count")
+    expect(count).to_contain_text("Flux reads CLIP-L's pooled vector, of one window", timeout=30_000)
+    expect(count).to_contain_text("T5 (in both pipelines) reads all")
+    expect(count).to_contain_text("Flux.1 reads no negative prompt")
+    page.close()
+
+
+def test_the_highlighted_text_wraps_between_words_only(server, browser):
+    page = open_page(browser, server)
+    generate(page, PROMPT)
+    expect(page.locator("#highlighted")).to_contain_text("fishing boat", timeout=120_000)
+    for width in (1280, 1000, 800, 600):
+        page.set_viewport_size({"width": width, "height": 1100})
+        characters = page.locator("#highlighted").evaluate(CHARACTER_TOPS)
+        assert "".join(character for character, _ in characters) == PROMPT  # the whole prompt, once, in order
+        words, line_tops = [[]], set()
+        for character, top in characters:
+            if character.isspace():
+                words.append([])
+            else:
+                words[-1].append((character, top))
+                line_tops.add(round(top))
+        assert len(line_tops) >= 3, f"the text should wrap at width {width}"
+        split = ["".join(c for c, _ in word) for word in words if word and word[-1][1] - word[0][1] > 4]
+        assert not split, f"words broken across lines at width {width}: {split}"
+    page.close()
+
+
 def test_invalid_input_shows_an_error_and_the_app_keeps_serving(server, browser):
     page = open_page(browser, server)
     generate(page, "   ")
     expect(page.get_by_text("Type a prompt first.")).to_be_visible(timeout=30_000)
+    generate(page, "a (lighthouse:13) at dusk")  # a typo for 1.3: refused, saying why
+    expect(page.get_by_text("weight 13 is outside the range 0 to 10")).to_be_visible(timeout=30_000)
     generate(page, "a lighthouse at dusk")
     expect(page.locator("#long img")).to_be_visible(timeout=120_000)
     expect(page.locator("#token-count")).to_contain_text("both encoders read the whole prompt")

@@ -9,11 +9,66 @@ HEAD = (
 TAIL_A = " a red fishing boat with patched sails rocks gently at anchor."
 TAIL_B = " a white steamship with tall funnels waits at the quay."
 PAST_248 = " Far away, " + "a village of white houses with blue doors, " * 22  # pushes the prompt past 248
+# HEAD + MIDDLE + TAIL_A: the tail starts past CLIP token 185 and ends before 246 (within one Long-CLIP window)
+MIDDLE = (
+    " a crowded quay with stacks of lobster pots, coils of rope, barrels of salted herring and a rusty anchor, where "
+    "an old dog sleeps beside a lantern and children chase each other between the drying nets. Further along the "
+    "shore, a row of narrow houses with slate roofs and smoking chimneys faces the water, their windows glowing amber "
+    "in the fading light, a small chapel with a crooked bell tower looks out over the bay, and past the last house, "
+    "where the road ends in sand and the fishing boats are pulled up on the beach,"
+)
 
 
 def generate(pipe, prompt, **kwargs):
     import torch
 
+    if type(pipe).__name__.endswith("FluxPipeline"):
+        kwargs = {"height": 64, "width": 64, **kwargs}  # FluxPipeline's default size is not the model's
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(0)
     return pipe(prompt, num_inference_steps=2, generator=generator, output_type="np", **kwargs).images
+
+
+# Run in a fresh interpreter: plain diffusers, nothing of ours imported, loads a saved folder back.
+_RELOAD = """
+import json
+import sys
+
+import torch
+from diffusers import DiffusionPipeline
+
+folder, prompt, out, encode_kwargs, call_kwargs = sys.argv[1:]
+assert not any(name.startswith("longclip_diffusers") for name in sys.modules)
+pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+with torch.no_grad():  # as the pipeline calls it
+    embeds = pipe.encode_prompt(prompt=prompt, device="cpu", num_images_per_prompt=1, **json.loads(encode_kwargs))
+pipe.set_progress_bar_config(disable=True)
+generator = torch.Generator().manual_seed(0)
+image = pipe(prompt, num_inference_steps=2, generator=generator, output_type="np", **json.loads(call_kwargs)).images
+torch.save({"class": type(pipe).__module__ + "." + type(pipe).__name__, "embeds": list(embeds),
+            "image": torch.from_numpy(image), "config": dict(pipe.config)}, out)
+"""
+
+
+CFG_ENCODE_KWARGS = {"do_classifier_free_guidance": True, "negative_prompt": "blurry"}
+
+
+def reload_in_fresh_process(
+    folder, prompt: str, tmp_path, encode_kwargs: dict = CFG_ENCODE_KWARGS, call_kwargs: dict | None = None
+) -> dict:
+    """What `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` gives in a fresh interpreter:
+    its class, `encode_prompt(prompt, **encode_kwargs)` and `generate(pipe, prompt, **call_kwargs)`."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    out = tmp_path / "reloaded.pt"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    kwargs = [json.dumps(encode_kwargs), json.dumps(call_kwargs or {})]
+    command = [sys.executable, "-c", _RELOAD, str(folder), prompt, str(out), *kwargs]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return torch.load(out, weights_only=True)

@@ -2,12 +2,13 @@
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline
-from long_prompts import HEAD, PAST_248, TAIL_A, TAIL_B, generate
+from long_prompts import HEAD, PAST_248, TAIL_A, TAIL_B, generate, reload_in_fresh_process
 
 from longclip_diffusers.pipelines import SD_PIPELINE_DIR, LongCLIPStableDiffusionPipeline
 from longclip_diffusers.tiny import tiny_clip_tokenizer
@@ -33,7 +34,9 @@ def test_generates_an_image_from_a_long_prompt(pipe):
     assert images.shape == (1, 64, 64, 3) and np.isfinite(images).all()
 
 
-def test_with_stock_encoders_and_short_prompts_nothing_changes(stock):
+@pytest.mark.parametrize("family", ["sd15", "sd2"])  # SD 2.x: an OpenCLIP-H padding with "!", v-prediction
+def test_with_stock_encoders_and_short_prompts_nothing_changes(tiny_components, family):
+    stock = StableDiffusionPipeline.from_pretrained(tiny_components / family)
     ours = LongCLIPStableDiffusionPipeline.from_pipe(stock)
     prompts, negatives = ["a lighthouse at dusk", "a red boat"], ["blurry", "dark, low quality"]
     expected = stock.encode_prompt(prompts, "cpu", 2, True, negative_prompt=negatives)
@@ -90,10 +93,37 @@ def test_save_and_load_round_trip(pipe, tmp_path):
     finally:
         pipe.register_to_config(max_prompt_windows=None)
     index = json.loads((tmp_path / "pipe/model_index.json").read_text())
-    assert index["_class_name"] == "LongCLIPStableDiffusionPipeline" and index["max_prompt_windows"] == 3
-    reloaded = LongCLIPStableDiffusionPipeline.from_pretrained(tmp_path / "pipe")
+    assert index["_class_name"] == ["pipeline_longclip_sd", "LongCLIPStableDiffusionPipeline"]
+    assert index["max_prompt_windows"] == 3
+    reloaded = LongCLIPStableDiffusionPipeline.from_pretrained(tmp_path / "pipe")  # the installed class, no saved code
+    assert type(reloaded) is LongCLIPStableDiffusionPipeline
     assert reloaded.config.max_prompt_windows == 3 and reloaded.config.prompt_weighting
     assert torch.equal(encode(reloaded, HEAD + TAIL_A)[0], encode(pipe, HEAD + TAIL_A)[0])
+
+
+def test_a_saved_pipeline_reloads_with_plain_diffusers_in_a_fresh_process(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "pipe")
+    saved_code = (tmp_path / "pipe/pipeline_longclip_sd.py").read_text()
+    assert saved_code == Path(sys.modules[LongCLIPStableDiffusionPipeline.__module__].__file__).read_text()
+    reloaded = reload_in_fresh_process(tmp_path / "pipe", HEAD + TAIL_A, tmp_path)
+    assert reloaded["class"] == "diffusers_modules.local.pipeline_longclip_sd.LongCLIPStableDiffusionPipeline"
+    assert reloaded["config"]["tokenizer"] == ("longclip_diffusers.tokenizer", "LongCLIPTokenizer")
+    expected = encode(pipe, HEAD + TAIL_A)
+    assert expected[0].shape == (1, 248, 32)
+    assert all(torch.equal(e, r) for e, r in zip(expected, reloaded["embeds"], strict=True))
+    assert np.array_equal(reloaded["image"].numpy(), generate(pipe, HEAD + TAIL_A))
+
+
+def test_a_saved_pipeline_without_trust_remote_code_says_what_to_pass(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "pipe")
+    with pytest.raises(ValueError, match="(?s)custom code in pipeline_longclip_sd.py .*Pass `trust_remote_code=True`"):
+        DiffusionPipeline.from_pretrained(tmp_path / "pipe")
+
+
+def test_save_pretrained_refuses_push_to_hub_before_writing(pipe, tmp_path):
+    with pytest.raises(ValueError, match="push_to_hub is not supported here: save_pretrained\\(folder\\), then upload"):
+        pipe.save_pretrained(tmp_path / "pipe", push_to_hub=True)
+    assert not (tmp_path / "pipe").exists()
 
 
 def test_loads_as_a_diffusers_custom_pipeline(tiny_components, pipe, monkeypatch):
@@ -152,6 +182,26 @@ def test_bad_input_is_refused_before_any_compute(pipe, kwargs, error, message, m
     monkeypatch.setattr(pipe.unet, "forward", lambda *a, **k: pytest.fail("the UNet ran"))
     with pytest.raises(error, match=message):
         pipe(num_inference_steps=1, output_type="np", **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        ("a (cat:20) on a mat", r"\(cat:20\): weight 20 is outside the range 0 to 10"),
+        ("a ((cat:4):4)", "'cat' gets weight 16 from nested groups"),
+        ("a (cat:-1)", r"\(cat:-1\): weight -1 is outside the range 0 to 10"),
+    ],
+)
+def test_the_pipeline_and_the_comfyui_node_refuse_the_same_weights(pipe, monkeypatch, prompt, message):
+    from longclip_diffusers.comfyui import LongCLIP, LongCLIPTextEncode  # outside ComfyUI: runs on the CPU
+
+    monkeypatch.setattr(pipe.unet, "forward", lambda *a, **k: pytest.fail("the UNet ran"))
+    with pytest.raises(ValueError, match=message):
+        pipe(prompt, negative_prompt="blurry", num_inference_steps=1, output_type="np")
+    with pytest.raises(ValueError, match=message):
+        pipe("a lighthouse", negative_prompt=prompt, num_inference_steps=1, output_type="np")
+    with pytest.raises(ValueError, match=message):
+        LongCLIPTextEncode().encode(long_clip=LongCLIP(pipe.text_encoder, pipe.tokenizer), text=prompt)
 
 
 def test_a_tokenizer_that_does_not_fit_the_encoder_is_refused(pipe, stock):

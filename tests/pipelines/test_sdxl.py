@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
-from long_prompts import HEAD, PAST_248, TAIL_A, TAIL_B, generate
+from long_prompts import HEAD, PAST_248, TAIL_A, TAIL_B, generate, reload_in_fresh_process
 
 from longclip_diffusers import LongCLIPTextEncoder, LongCLIPTokenizer, convert
 from longclip_diffusers.pipelines import SDXL_PIPELINE_DIR, LongCLIPStableDiffusionXLPipeline
@@ -115,7 +115,9 @@ def test_save_load_and_custom_pipeline(pipe, tmp_path, tiny_components, monkeypa
     ours.save_pretrained(tmp_path / "pipe")
     index = json.loads((tmp_path / "pipe/model_index.json").read_text())
     assert index["long_prompt_strategy"] == "stretch"
+    assert index["_class_name"] == ["pipeline_longclip_sdxl", "LongCLIPStableDiffusionXLPipeline"]
     reloaded = LongCLIPStableDiffusionXLPipeline.from_pretrained(tmp_path / "pipe")
+    assert type(reloaded) is LongCLIPStableDiffusionXLPipeline  # the installed class, no saved code
     assert reloaded.config.long_prompt_strategy == "stretch"
     assert torch.equal(encode(reloaded, HEAD + TAIL_A)[0], encode(ours, HEAD + TAIL_A)[0])
 
@@ -128,6 +130,18 @@ def test_save_load_and_custom_pipeline(pipe, tmp_path, tiny_components, monkeypa
     )
     assert type(custom).__name__ == "LongCLIPStableDiffusionXLPipeline"
     assert torch.equal(encode(custom, HEAD + TAIL_A)[0], encode(pipe, HEAD + TAIL_A)[0])
+
+
+def test_a_saved_pipeline_reloads_with_plain_diffusers_in_a_fresh_process(pipe, tmp_path):
+    ours = LongCLIPStableDiffusionXLPipeline.from_pipe(pipe, long_prompt_strategy="stretch")
+    ours.save_pretrained(tmp_path / "pipe")
+    reloaded = reload_in_fresh_process(tmp_path / "pipe", HEAD + PAST_248 + TAIL_A, tmp_path)
+    assert reloaded["class"] == "diffusers_modules.local.pipeline_longclip_sdxl.LongCLIPStableDiffusionXLPipeline"
+    assert reloaded["config"]["long_prompt_strategy"] == "stretch"
+    expected = encode(ours, HEAD + PAST_248 + TAIL_A)
+    assert expected[0].shape == (1, 2 * 248, 64)
+    assert all(torch.equal(e, r) for e, r in zip(expected, reloaded["embeds"], strict=True))
+    assert np.array_equal(reloaded["image"].numpy(), generate(ours, HEAD + PAST_248 + TAIL_A))
 
 
 def test_unknown_strategy_is_refused(stock):

@@ -13,26 +13,28 @@ import torch.nn.functional as F
 from PIL import Image
 
 from longclip_diffusers.convert import convert
-from longclip_diffusers.training.evaluate import (
-    EvalModel,
+from longclip_diffusers.training.benchmarks import (
     RetrievalSet,
-    add_eval_arguments,
-    encode_images,
-    encode_texts,
-    evaluate,
     load_coco,
     load_docci,
     load_flickr30k,
     load_jsonl,
-    load_model,
     load_sharegpt4v,
     load_urban1k,
     load_zero_shot,
-    parse_models,
     read_templates,
-    retrieval_metrics,
+)
+from longclip_diffusers.training.evaluate import (
+    EvalModel,
+    add_eval_arguments,
+    encode_images,
+    encode_texts,
+    evaluate,
+    load_model,
+    parse_models,
     run_eval,
 )
+from longclip_diffusers.training.metrics import retrieval_metrics
 
 WORDS = (
     "a red bicycle leans against an old brick wall under a striped awning while two children in yellow coats "
@@ -180,13 +182,13 @@ def test_sharegpt4v_keeps_the_first_1000_entries_and_the_gpt_caption(tmp_path):
         load_sharegpt4v(tmp_path / "share.json")  # images are not beside the JSON
     entries[3]["conversations"] = entries[3]["conversations"][:1]
     (tmp_path / "bad.json").write_text(json.dumps(entries))
-    with pytest.raises(ValueError, match="bad.json: entry 3"):
+    with pytest.raises(ValueError, match=r"bad.json: entry \[3\]: not a ShareGPT4V entry"):
         load_sharegpt4v(tmp_path / "bad.json", tmp_path / "images")
     (tmp_path / "dict.json").write_text("{}")
-    with pytest.raises(ValueError, match="dict.json: holds a dict"):
+    with pytest.raises(ValueError, match="dict.json: expected a JSON list of ShareGPT4V entries, found a dict"):
         load_sharegpt4v(tmp_path / "dict.json")
     (tmp_path / "broken.json").write_text("[{")
-    with pytest.raises(ValueError, match="broken.json: not valid JSON"):
+    with pytest.raises(ValueError, match="broken.json:1: not valid JSON"):
         load_sharegpt4v(tmp_path / "broken.json")
     with pytest.raises(FileNotFoundError, match="missing.json: no such file"):
         load_sharegpt4v(tmp_path / "missing.json")
@@ -278,7 +280,7 @@ def test_docci_test_split(tmp_path):
     with pytest.raises(ValueError, match="no 'qual_test' rows \\(splits found: test, train\\)"):
         load_docci(tmp_path / "docci_descriptions.jsonlines", split="qual_test")
     (tmp_path / "bad.jsonlines").write_text(json.dumps(rows[0]) + "\n{not json\n")
-    with pytest.raises(ValueError, match="bad.jsonlines, line 2: not valid JSON"):
+    with pytest.raises(ValueError, match="bad.jsonlines:2: not valid JSON"):
         load_docci(tmp_path / "bad.jsonlines")
 
 
@@ -291,7 +293,7 @@ def test_generic_jsonl_groups_captions_of_one_image(tmp_path):
     assert dataset.images == [tmp_path / "x.png", tmp_path / "sub" / "y.png"]
     assert dataset.captions == ["x one", "y", "x two"] and dataset.image_of_caption == [0, 1, 0]
     write_jsonl(tmp_path / "bad.jsonl", [{"image": "x.png", "text": "wrong key"}])
-    with pytest.raises(ValueError, match="bad.jsonl, row 1: expected a caption"):
+    with pytest.raises(ValueError, match="bad.jsonl:1: lacks an `image` or `caption`"):
         load_jsonl(tmp_path / "bad.jsonl")
     write_jsonl(tmp_path / "gone.jsonl", [{"image": "nowhere.png", "caption": "c"}])
     with pytest.raises(FileNotFoundError, match="nowhere.png"):

@@ -166,7 +166,7 @@ def test_loss_decreases_and_outputs_are_written(trained):
     assert sorted(losses) == list(range(1, 13))
     assert np.mean([losses[s] for s in (10, 11, 12)]) < 0.5 * np.mean([losses[s] for s in (1, 2, 3)])
     assert (output / "loss.png").stat().st_size > 1000
-    assert (output / "skipped_images.txt").read_text().strip() == "0"
+    assert (output / "skipped_images.txt").read_text() == ""  # no image skipped
     assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["step_12", "step_8"]
 
 
@@ -220,11 +220,17 @@ def test_a_killed_run_resumes_exactly(trained, tmp_path):
     assert losses_of(output) == losses_of(reference_output)  # every step, bit for bit
 
 
-def test_corrupt_and_missing_images_are_skipped_and_counted(tmp_path):
+def test_corrupt_and_missing_images_are_listed_once_by_name(tmp_path, capsys):
     folder = write_dataset(tmp_path / "data", count=16, corrupt=(3, 9), missing=(12,))
     output = tmp_path / "run"
-    train(config_for(folder, output, epochs=1, save_every=100))
-    assert (output / "skipped_images.txt").read_text().strip() == "3"
+    train(config_for(folder, output, epochs=3, save_every=100))  # every image is read three times
+    assert (output / "skipped_images.txt").read_text().splitlines() == [
+        f"{folder / 'img12.png'}: missing",
+        f"{folder / 'img3.png'}: unreadable",
+        f"{folder / 'img9.png'}: unreadable",
+    ]
+    summary = f"3 image(s) skipped (1 missing, 2 unreadable): see {output / 'skipped_images.txt'}"
+    assert summary in capsys.readouterr().out.splitlines()
     assert (output / "final/model.safetensors").exists()
 
 
@@ -280,7 +286,7 @@ def test_csv_and_bad_annotation_files(tmp_path):
     (tmp_path / "a.csv").write_text('image,caption,short_caption\nx.png,"A long one. More.",short\n')
     assert read_records(tmp_path / "a.csv")[0].short_caption == "short"
     (tmp_path / "b.jsonl").write_text('{"image": "x.png"}\n')
-    with pytest.raises(ValueError, match="row 1 lacks an `image` or `caption`"):
+    with pytest.raises(ValueError, match="b.jsonl:1: lacks an `image` or `caption`"):
         read_records(tmp_path / "b.jsonl")
     with pytest.raises(FileNotFoundError, match="no such annotation file"):
         read_records(tmp_path / "nope.jsonl")

@@ -1,0 +1,79 @@
+"""Atomic writes: every file and folder this package writes appears complete or not at all.
+
+A writer fills a temporary path beside the target (same folder, so the final rename never crosses file
+systems); only a complete result is renamed into place. Files get the permissions the user's umask gives a
+new file (the temporary files of `tempfile` would otherwise leave them readable by their owner only).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+__all__ = ["atomic_output", "atomic_write", "publish"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish(staging: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Move a finished file or folder `staging` to `out` (same file system), replacing `out` only if `overwrite`.
+
+    A file replaces an old one in one step (`os.replace`). A folder cannot: the old one is moved aside first and
+    removed once the new one is in place.
+    """
+    staging, out = Path(staging), Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out}: already exists; choose another output or pass --overwrite.")
+    if staging.is_file():
+        os.chmod(staging, 0o666 & ~_umask())
+        os.replace(staging, out)
+        return out
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    staging.rename(out)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    return out
+
+
+@contextmanager
+def atomic_output(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `out` for the caller to create (a file or a folder); on success it is renamed
+    to `out`, on failure removed.
+
+    An existing `out` is refused before anything is written unless `overwrite=True`, and then replaced only once
+    the new one is complete.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out}: already exists; choose another output or pass --overwrite.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp_dir / out.name
+        publish(tmp_dir / out.name, out, overwrite)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def atomic_write(out: str | os.PathLike, content: str | bytes | Callable[[IO[bytes]], None]) -> Path:
+    """Write one file atomically, replacing an existing one: text (UTF-8), bytes, or a function of the binary
+    handle (e.g. `lambda f: figure.savefig(f, format="png")`)."""
+    with atomic_output(out, overwrite=True) as tmp, open(tmp, "wb") as handle:
+        if callable(content):
+            content(handle)
+        else:
+            handle.write(content.encode("utf-8") if isinstance(content, str) else content)
+    return Path(out)
