@@ -68,10 +68,12 @@ def atomic_output(out: str | os.PathLike, overwrite: bool = False) -> Iterator[P
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
-def atomic_write(out: str | os.PathLike, content: str | bytes | Callable[[IO[bytes]], None]) -> Path:
-    """Write one file atomically, replacing an existing one: text (UTF-8), bytes, or a function of the binary
-    handle (e.g. `lambda f: figure.savefig(f, format="png")`)."""
-    with atomic_output(out, overwrite=True) as tmp, open(tmp, "wb") as handle:
+def atomic_write(
+    out: str | os.PathLike, content: str | bytes | Callable[[IO[bytes]], None], overwrite: bool = True
+) -> Path:
+    """Write one file atomically: text (UTF-8), bytes, or a function of the binary handle (e.g.
+    `lambda f: figure.savefig(f, format="png")`). An existing file is replaced, or refused if not `overwrite`."""
+    with atomic_output(out, overwrite=overwrite) as tmp, open(tmp, "wb") as handle:
         if callable(content):
             content(handle)
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .arguments import integer, real
 from .convert import DTYPES, OUTPUT_LAYOUTS, convert
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--compare", action="store_true", help="write a grid: vanilla CLIP | Long-CLIP, same seed, captioned"
     )
     generate_parser.add_argument("--out", required=True, help="image file to write (.png, .webp, .jpg, ...)")
+    generate_parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     from longclip_diffusers.training.train import add_train_arguments
 
@@ -218,6 +220,8 @@ def _generate(args: argparse.Namespace) -> str:
 
     # Everything that can be checked without the models, before they load.
     generation.image_format(args.out)
+    if Path(args.out).exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out}: already exists; choose another --out or pass --overwrite to replace it.")
     generation.check_size(args.width, args.height)
     for prompt in (args.prompt, args.negative or ""):
         parse_weighted_prompt(prompt)  # refuses weights out of range
@@ -236,7 +240,7 @@ def _generate(args: argparse.Namespace) -> str:
         image = generation.compare(pair, args.prompt, args.negative, **options)
     else:
         image = generation.generate(pair.long, args.prompt, args.negative, **options)
-    out = generation.save_image(image, args.out)
+    out = generation.save_image(image, args.out, overwrite=args.overwrite)
     read = generation.long_read(pair.long, args.prompt)
     compared = ", vanilla CLIP | Long-CLIP" if args.compare else ""
     return f"wrote {out} with {pair.family.name} (prompt: {read}{compared})"

@@ -259,8 +259,8 @@ def compare(pair: PipelinePair, prompt: str, negative_prompt: str | None = None,
     return captioned_grid(images, captions)
 
 
-def save_image(image: Image.Image, out: str | os.PathLike) -> Path:
-    """Write atomically (complete or not at all, with the umask's permissions), replacing an existing file, in
-    the format `out`'s suffix names."""
+def save_image(image: Image.Image, out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write atomically (complete or not at all, with the umask's permissions) in the format `out`'s suffix names;
+    an existing `out` is refused unless `overwrite`."""
     out_format = image_format(out)
-    return atomic_write(out, lambda handle: image.save(handle, format=out_format))
+    return atomic_write(out, lambda handle: image.save(handle, format=out_format), overwrite=overwrite)

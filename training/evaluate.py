@@ -51,7 +51,7 @@ from .benchmarks import (
 )
 from .data import UnusableSample, load_image, read_json_file
 from .metrics import ZERO_SHOT_KS, retrieval_metrics, top_k_accuracy
-from .report import write_results
+from .report import RESULT_FILES, write_results
 
 __all__ = [
     "EvalModel",
@@ -301,12 +301,14 @@ def evaluate(
     dtype: torch.dtype = torch.float32,
     num_workers: int = 0,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Evaluate every model on every task; write `out_dir/results.{json,md,png}`; return the results.
 
     `models` maps a display name to a source (or an `EvalModel`, e.g. with max_length=77 for a CLIP baseline);
     `tasks` maps a benchmark name to a `RetrievalSet` or `ZeroShotSet`. Models are loaded one at a time, and the
-    results are rewritten after each, so an interrupted run keeps those already finished.
+    results are rewritten after each, so an interrupted run keeps those already finished. The results of an
+    earlier evaluation in `out_dir` are refused, before any model loads, unless `overwrite`.
     """
     specs = {name: spec if isinstance(spec, EvalModel) else EvalModel(spec) for name, spec in models.items()}
     tasks = dict(tasks)
@@ -320,6 +322,12 @@ def evaluate(
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device} was asked for, but torch sees no CUDA GPU here.")
     out_dir = Path(out_dir)
+    earlier = [name for name in RESULT_FILES if (out_dir / name).exists()]
+    if earlier and not overwrite:
+        raise FileExistsError(
+            f"{out_dir}: holds the results of an earlier evaluation ({', '.join(earlier)}); choose another --out or "
+            "pass --overwrite to replace them."
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
 
     report: dict[str, Any] = {
@@ -437,6 +445,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         roots.add_argument(f"--{name}-images", metavar="ROOT", help=f"--images for --{name} only")
     run = parser.add_argument_group("run")
     run.add_argument("--out", required=True, metavar="DIR", help="folder for results.json, results.md, results.png")
+    run.add_argument("--overwrite", action="store_true", help="replace the results of an earlier evaluation in --out")
     run.add_argument(
         "--batch-size", type=int, default=64, metavar="N", help="images per batch (texts: 4x as many; default 64)"
     )
@@ -526,6 +535,7 @@ def run_eval(args: argparse.Namespace) -> str:
         device=args.device,
         dtype=DTYPES[args.dtype],
         num_workers=args.workers,
+        overwrite=args.overwrite,
     )
     headline = []
     for name, scores in report["results"].items():

@@ -237,6 +237,26 @@ def test_written_images_get_the_umasks_permissions(tmp_path, umask):
     assert [path.name for path in tmp_path.iterdir()] == ["image.png"]  # no temporary file left
 
 
+def test_an_existing_out_is_kept_unless_overwrite_is_given(tiny_components, tmp_path, capsys, monkeypatch):
+    earlier = tmp_path / "x.png"
+    Image.new("RGB", (8, 8), "teal").save(earlier)
+    with monkeypatch.context() as patch:
+        patch.setattr(generation, "load_pipelines", lambda *a, **k: pytest.fail("a model was loaded"))
+        code, _, err = run(capsys, *sd15(tiny_components, "--prompt", "a cat", "--out", earlier))
+    assert (
+        code == 1
+        and err
+        == f"longclip: error: {earlier}: already exists; choose another --out or pass --overwrite to replace it.\n"
+    )
+    assert Image.open(earlier).size == (8, 8) and [path.name for path in tmp_path.iterdir()] == ["x.png"]
+    with pytest.raises(FileExistsError):  # the library function keeps it too
+        generation.save_image(Image.new("RGB", (4, 4)), earlier)
+
+    code, _, err = run(capsys, *sd15(tiny_components, "--prompt", "a cat", "--out", earlier, "--overwrite"))
+    assert code == 0, err
+    assert Image.open(earlier).size == (64, 64) and [path.name for path in tmp_path.iterdir()] == ["x.png"]
+
+
 def test_width_and_height_together_set_the_size(tiny_components, tmp_path, capsys):
     args = sd15(tiny_components, "--prompt", "a cat", "--width", 16, "--height", 24, "--out", tmp_path / "x.png")
     code, out, _ = run(capsys, *args)

@@ -462,6 +462,15 @@ def test_run_eval_command_line(published_pt, tmp_path):
     assert list(report["benchmarks"]) == ["urban1k", "mine"]
     assert report["results"]["long"]["mine"]["i2t_R@1"] == 100.0  # one image: always first
 
+    # A second evaluation into the same folder keeps the first one's results unless told to replace them.
+    again = ["--model", path, "--jsonl", tmp_path / "mine.jsonl", "--images", tmp_path / "pics", "--out", out]
+    kept = {name: (out / name).read_bytes() for name in ("results.json", "results.md", "results.png")}
+    with pytest.raises(FileExistsError, match="holds the results of an earlier evaluation .* pass --overwrite"):
+        run_eval(eval_args(*again, "--workers", 0))
+    assert {name: (out / name).read_bytes() for name in kept} == kept
+    run_eval(eval_args(*again, "--workers", 0, "--overwrite"))
+    assert list(json.loads((out / "results.json").read_text())["models"]) == ["longclip-tiny"]
+
     with pytest.raises(ValueError, match="at least one benchmark: --urban1k"):
         run_eval(eval_args("--model", path, "--out", out))
     with pytest.raises(ValueError, match="Give a model"):
