@@ -17,7 +17,13 @@ import torch
 from PIL import Image
 
 from longclip_diffusers.formats import load_checkpoint
-from longclip_diffusers.pipelines.generate import PipelinePair, generate, load_pipelines, pipeline_family
+from longclip_diffusers.pipelines.generate import (
+    PipelinePair,
+    generate,
+    load_pipelines,
+    pipeline_family,
+    windows_limit,
+)
 from longclip_diffusers.prompts import parse_weighted_prompt
 
 from .tokens import DROPPED, LONG_ONLY, VANILLA_ONLY, T5Reading, prompt_coverage
@@ -28,21 +34,20 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Base:
     """A base the demo offers: its pipeline family, default Hub id, the `longclip demo` flag and environment variable
-    that replace it, and the `longclip tiny` folder that stands in for it offline."""
+    that replace it; the flag also names the `longclip tiny` folder that stands in for it offline."""
 
     family: str  # a `generate.FAMILIES` name
     default: str
     flag: str
     environment: str
-    tiny: str
 
 
 BASES = {
-    "SD 1.5": Base("SD 1.x/2.x", "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd15", "LONGCLIP_SD15", "sd15"),
-    "SDXL": Base("SDXL", "stabilityai/stable-diffusion-xl-base-1.0", "sdxl", "LONGCLIP_SDXL", "sdxl"),
-    "SD 2.x": Base("SD 1.x/2.x", "stabilityai/stable-diffusion-2-1", "sd2", "LONGCLIP_SD2", "sd2"),
-    "SD 3.5": Base("SD 3", "stabilityai/stable-diffusion-3.5-medium", "sd3", "LONGCLIP_SD3", "sd3"),
-    "Flux.1": Base("Flux.1", "black-forest-labs/FLUX.1-schnell", "flux", "LONGCLIP_FLUX", "flux"),
+    "SD 1.5": Base("SD 1.x/2.x", "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd15", "LONGCLIP_SD15"),
+    "SDXL": Base("SDXL", "stabilityai/stable-diffusion-xl-base-1.0", "sdxl", "LONGCLIP_SDXL"),
+    "SD 2.x": Base("SD 1.x/2.x", "stabilityai/stable-diffusion-2-1", "sd2", "LONGCLIP_SD2"),
+    "SD 3.5": Base("SD 3", "stabilityai/stable-diffusion-3.5-medium", "sd3", "LONGCLIP_SD3"),
+    "Flux.1": Base("Flux.1", "black-forest-labs/FLUX.1-schnell", "flux", "LONGCLIP_FLUX"),
 }
 DEFAULT_ENCODER = "BeichenZhang/LongCLIP-L"  # Long-CLIP-L: SD 1.5's, SDXL's and SD 3's first encoder, Flux's CLIP
 # SD 2.x conditions on OpenCLIP-H, not CLIP-L: it needs a long H of its own (no published one; `longclip stretch`)
@@ -122,8 +127,8 @@ class Sources:
         from longclip_diffusers.tiny import write_tiny_components
 
         folder = write_tiny_components(Path(tempfile.mkdtemp(prefix="longclip-demo-")) / "tiny")
-        pipelines = {name: str(folder / base.tiny) for name, base in BASES.items()}
-        encoders = {name: str(folder / f"longclip-{base.tiny}") for name, base in BASES.items()}
+        pipelines = {name: str(folder / base.flag) for name, base in BASES.items()}
+        encoders = {name: str(folder / f"longclip-{base.flag}") for name, base in BASES.items()}
         return cls(pipelines, encoders, tiny=True)
 
     def loadable(self) -> Sources:
@@ -249,7 +254,7 @@ def compare(models: Models, base: str, prompt: str, negative: str, seed: int, st
             pair.stock.tokenizer,
             pair.long.tokenizer,
             weighting=pair.long.config.prompt_weighting,
-            max_windows=_windows_read(pair),
+            max_windows=windows_limit(pair.long),
             pooled_only=pair.family.name == "Flux.1",
             t5=_t5_reading(pair),
         )
@@ -267,12 +272,6 @@ def compare(models: Models, base: str, prompt: str, negative: str, seed: int, st
     except Exception as error:  # one failing request never takes the app down
         logger.exception("generation failed")
         raise gr.Error(f"Generation failed: {type(error).__name__}: {error}") from None
-
-
-def _windows_read(pair: PipelinePair) -> int | None:
-    """How many CLIP-L windows the Long-CLIP pipeline reads: Flux the first (its pooled vector), the others up to
-    their `max_prompt_windows`."""
-    return 1 if pair.family.name == "Flux.1" else pair.long.config.max_prompt_windows
 
 
 def _t5_reading(pair: PipelinePair) -> T5Reading | None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
+from longclip_diffusers.pipelines.generate import windows_read
 from longclip_diffusers.prompts import tokenize_weighted, tokenize_windows
 
 BOTH = None  # text both encoders read (no highlight)
@@ -101,13 +102,10 @@ def prompt_coverage(
         vanilla_cut = _vanilla_cut(vanilla_tokenizer, vanilla.input_ids, vanilla.offset_mapping, vanilla_limit)
 
     capacity = long_tokenizer.model_max_length - 2
-    windows = tokenize_windows(prompt, long_tokenizer, capacity, weighting).token_ids
-    long_tokens = sum(len(window) for window in windows)
-    read_windows = windows[:max_windows] if max_windows is not None else windows
-    long_reads = sum(len(window) for window in read_windows)
+    long = windows_read(long_tokenizer, prompt, weighting, max_windows)
     long_cut = len(prompt)
-    if long_reads < long_tokens:
-        long_cut = _long_cut(prompt, long_tokenizer, capacity, weighting, long_reads)
+    if long.read < long.tokens:
+        long_cut = _long_cut(prompt, long_tokenizer, capacity, weighting, long.read)
     t5_tokens = t5_reads = None
     if t5 is not None:  # as `encode_t5_prompts` reads it: the parsed prompt, then `</s>`
         t5_tokens = sum(len(ids) for ids, _ in tokenize_weighted(prompt, t5.tokenizer, weighting))
@@ -115,9 +113,9 @@ def prompt_coverage(
     return PromptCoverage(
         vanilla_tokens=len(vanilla.input_ids),
         vanilla_reads=vanilla_reads,
-        long_tokens=long_tokens,
-        long_reads=long_reads,
-        long_windows=len(read_windows),
+        long_tokens=long.tokens,
+        long_reads=long.read,
+        long_windows=long.windows,
         window_capacity=capacity,
         spans=_spans(prompt, vanilla_cut, long_cut),
         pooled_only=pooled_only,

@@ -24,6 +24,11 @@ def _umask() -> int:
     return mask
 
 
+def _refuse_existing(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out}: already exists; choose another output or pass --overwrite.")
+
+
 def publish(staging: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:
     """Move a finished file or folder `staging` to `out` (same file system), replacing `out` only if `overwrite`.
 
@@ -31,8 +36,7 @@ def publish(staging: str | os.PathLike, out: str | os.PathLike, overwrite: bool 
     removed once the new one is in place.
     """
     staging, out = Path(staging), Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: already exists; choose another output or pass --overwrite.")
+    _refuse_existing(out, overwrite)
     if staging.is_file():
         os.chmod(staging, 0o666 & ~_umask())
         os.replace(staging, out)
@@ -57,8 +61,7 @@ def atomic_output(out: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     the new one is complete.
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: already exists; choose another output or pass --overwrite.")
+    _refuse_existing(out, overwrite)  # before anything is written; `publish` checks again once it is
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:

@@ -234,7 +234,7 @@ def _generate(args: argparse.Namespace) -> str:
     family = generation.pipeline_family(args.pipeline)
     family.check_options(args.pipeline, strategy=args.strategy, negative_prompt=args.negative)
 
-    pair = generation.load_pipelines(args.pipeline, args.long_encoder, strategy=args.strategy)
+    pair = generation.load_pipelines(args.pipeline, args.long_encoder, strategy=args.strategy, family=family)
     options = dict(steps=args.steps, seed=args.seed, guidance_scale=args.guidance, width=args.width, height=args.height)
     if args.compare:
         image = generation.compare(pair, args.prompt, args.negative, **options)

@@ -23,8 +23,8 @@ from pathlib import Path
 from . import __version__
 from .atomic import atomic_output
 from .comfyui.encoders import CLIP_TYPES, read_back_single_file, role_problem
-from .convert import DTYPES, POSITION_KEY
-from .formats import Checkpoint, CheckpointError, load_checkpoint, safetensors_shapes
+from .convert import DTYPES
+from .formats import Checkpoint, CheckpointError, load_checkpoint
 from .hub import WEIGHT_SUFFIXES
 from .stretch import CLIP_POSITIONS
 from .tokenizer import LongCLIPTokenizer, check_pair
@@ -264,11 +264,10 @@ def encoder_file_name(source: str | os.PathLike) -> str:
     return f"{name}.safetensors"
 
 
-def _is_long_clip_l(path: Path) -> bool:
-    """Whether an exported file is what ComfyUI detects as Long-CLIP-L (for the example workflow)."""
-    shapes = safetensors_shapes(path)
-    rows = shapes.get(POSITION_KEY, [0])[0]
-    return rows > CLIP_POSITIONS and not any(".layers.22." in key or ".layers.30." in key for key in shapes)
+def _is_long_clip_l(checkpoint: Checkpoint) -> bool:
+    """Whether an encoder exports as what ComfyUI detects as Long-CLIP-L (for the example workflow): long, and
+    shallower than the 23 or more layers by which ComfyUI tells OpenCLIP-H and bigG apart."""
+    return checkpoint.num_positions > CLIP_POSITIONS and checkpoint.text_config.num_hidden_layers < 23
 
 
 # What the Load Long-CLIP node must read back from a single file exactly as the source's config says.
@@ -361,7 +360,7 @@ def export_comfyui(
         (staging / TEXT_ENCODERS).mkdir(parents=True)
         for checkpoint, name in zip(checkpoints, names, strict=True):
             write_comfyui_text_encoder(checkpoint, staging / TEXT_ENCODERS / name, DTYPES[dtype] if dtype else None)
-        long_names = [name for name in names if _is_long_clip_l(staging / TEXT_ENCODERS / name)]
+        long_names = [name for checkpoint, name in zip(checkpoints, names, strict=True) if _is_long_clip_l(checkpoint)]
         write_node_package(staging / CUSTOM_NODES / NODE_PACKAGE, (long_names or [DEFAULT_ENCODER_NAME])[0])
         for target in targets:
             with atomic_output(out / target, overwrite=overwrite) as tmp:

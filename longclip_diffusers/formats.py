@@ -198,16 +198,29 @@ def _unwrap(loaded: object, path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def safetensors_shapes(path: str | os.PathLike) -> dict[str, list[int]]:
-    """Tensor shapes recorded in a safetensors header, read without loading any tensor."""
+def safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], int]:
+    """The tensors a safetensors header describes (name -> dtype, shape, data_offsets; `__metadata__` left out)
+    and the byte offset where their data starts, read without loading any tensor."""
     try:
         with open(path, "rb") as handle:
             (header_size,) = struct.unpack("<Q", handle.read(8))
             if header_size > _MAX_SAFETENSORS_HEADER:
                 raise ValueError(f"a header of {header_size} bytes")
             header = json.loads(handle.read(header_size))
-        return {key: list(entry["shape"]) for key, entry in header.items() if key != "__metadata__"}
-    except (struct.error, ValueError, AttributeError, KeyError, TypeError) as error:
+        tensors = {key: entry for key, entry in header.items() if key != "__metadata__"}
+        if not all(isinstance(entry, dict) for entry in tensors.values()):
+            raise ValueError("a tensor entry that is not an object")
+        return tensors, 8 + header_size
+    except (struct.error, ValueError, AttributeError) as error:
+        raise CheckpointError(f"{path}: not a safetensors file (unreadable header: {error}).") from None
+
+
+def safetensors_shapes(path: str | os.PathLike) -> dict[str, list[int]]:
+    """Tensor shapes recorded in a safetensors header, read without loading any tensor."""
+    tensors, _ = safetensors_header(path)
+    try:
+        return {key: list(entry["shape"]) for key, entry in tensors.items()}
+    except (KeyError, TypeError) as error:
         raise CheckpointError(f"{path}: not a safetensors file (unreadable header: {error}).") from None
 
 

@@ -27,8 +27,7 @@ MAX_POSITIONS = 2048
 
 def stretched_length(num_positions: int = CLIP_POSITIONS, keep: int = DEFAULT_KEEP, ratio: int = DEFAULT_RATIO) -> int:
     """Number of rows after stretching a `num_positions`-row table: keep + (num_positions - keep) * ratio."""
-    _check_stretch_args(num_positions, keep, ratio)
-    return keep + (num_positions - keep) * ratio
+    return _check_stretch_args(num_positions, keep, ratio)
 
 
 def max_ratio(num_positions: int = CLIP_POSITIONS, keep: int = 0) -> int:
@@ -37,9 +36,9 @@ def max_ratio(num_positions: int = CLIP_POSITIONS, keep: int = 0) -> int:
     return max(1, (MAX_POSITIONS - keep) // (num_positions - keep))
 
 
-def _check_stretch_args(num_positions: int, keep: int, ratio: int, width: int | None = None) -> None:
+def _check_stretch_args(num_positions: int, keep: int, ratio: int, width: int | None = None) -> int:
     """Refuse arguments that cannot stretch a `num_positions`-row table (of `width` columns, if known), before
-    anything is allocated."""
+    anything is allocated; return the stretched table's length."""
     if isinstance(keep, bool) or not isinstance(keep, int) or isinstance(ratio, bool) or not isinstance(ratio, int):
         raise ValueError(f"keep and ratio must be whole numbers, got keep={keep!r}, ratio={ratio!r}.")
     if num_positions < 2:
@@ -59,6 +58,7 @@ def _check_stretch_args(num_positions: int, keep: int, ratio: int, width: int | 
             f"are supported (ratio {max_ratio(num_positions, keep)} with keep={keep}): attention cost grows with "
             "the square of the length, and rows interpolated that densely hardly differ. Long-CLIP uses ratio=4."
         )
+    return length
 
 
 def stretch_position_table(table: torch.Tensor, keep: int = DEFAULT_KEEP, ratio: int = DEFAULT_RATIO) -> torch.Tensor:

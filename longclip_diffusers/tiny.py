@@ -337,7 +337,7 @@ TINY_PLACES = {"top left": (2, 2), "top right": (16, 2), "bottom left": (2, 16),
 def write_tiny_training_set(folder: Path) -> None:
     """`model.json`, one 32x32 image per (square colour, background colour, corner) and `train.jsonl`: a caption
     of about 100 tokens for each, longer than the 77 positions of a stock CLIP."""
-    folder.mkdir(parents=True)
+    (folder / "images").mkdir(parents=True)
     (folder / "model.json").write_text(json.dumps(TINY_OPEN_CLIP_MODEL, indent=2) + "\n")
     rows = []
     for square, background, place in itertools.product(TINY_COLOURS, TINY_COLOURS, TINY_PLACES):
@@ -346,7 +346,6 @@ def write_tiny_training_set(folder: Path) -> None:
         image = Image.new("RGB", (32, 32), TINY_COLOURS[background])
         image.paste(TINY_COLOURS[square], (*TINY_PLACES[place], TINY_PLACES[place][0] + 14, TINY_PLACES[place][1] + 14))
         name = f"images/{square}-on-{background}-{place.replace(' ', '-')}.png"
-        (folder / name).parent.mkdir(exist_ok=True)
         image.save(folder / name)
         caption = (
             f"A {square} square on a plain {background} background. The square sits in the {place} corner of the "

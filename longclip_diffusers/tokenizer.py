@@ -72,6 +72,16 @@ def _check_max_length(model_max_length: Any) -> None:
         )
 
 
+def tokenizer_folder(folder: Path) -> Path:
+    """The folder holding the tokenizer of the text encoder in `folder`: a diffusers `text_encoder[_2]/` has it
+    in the `tokenizer[_2]/` beside it (when there), any other folder in itself."""
+    if folder.name.startswith("text_encoder"):
+        sibling = folder.with_name(folder.name.replace("text_encoder", "tokenizer", 1))
+        if sibling.is_dir():
+            return sibling
+    return folder
+
+
 def _has_tokenizer_files(folder: Path) -> bool:
     return (folder / "tokenizer.json").is_file() or (
         (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()

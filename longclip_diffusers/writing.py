@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPTextConfig
 
 from .formats import Checkpoint, CheckpointError
-from .tokenizer import LongCLIPTokenizer, check_pair
+from .tokenizer import LongCLIPTokenizer, check_pair, tokenizer_folder
 
 # OpenAI CLIP's image normalisation, used by every CLIP / Long-CLIP checkpoint.
 CLIP_IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -24,7 +24,7 @@ CLIP_IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 _PROGRESS_MIN_BYTES = 256 * 2**20  # show a progress bar when writing more than this
-_SAFETENSORS_DTYPES = {
+SAFETENSORS_DTYPES = {  # torch dtype -> its name in a safetensors header
     torch.float64: "F64",
     torch.float32: "F32",
     torch.float16: "F16",
@@ -55,7 +55,7 @@ def write_safetensors(
         out_dtype = target_dtype(tensor)
         size = tensor.numel() * torch.empty((), dtype=out_dtype).element_size()
         header[name] = {
-            "dtype": _SAFETENSORS_DTYPES[out_dtype],
+            "dtype": SAFETENSORS_DTYPES[out_dtype],
             "shape": list(tensor.shape),
             "data_offsets": [offset, offset + size],
         }
@@ -151,12 +151,10 @@ def write_comfyui_text_encoder(checkpoint: Checkpoint, path: Path, dtype: torch.
 def tokenizer_for(checkpoint: Checkpoint, pad_token: str | None = None) -> LongCLIPTokenizer:
     """The tokenizer to ship beside `checkpoint`: the source's own files if it has them (a pipeline's
     `text_encoder*` folder has them beside it: SD 2's pads with "!"), else CLIP's BPE."""
-    source = Path(checkpoint.source) if Path(checkpoint.source).exists() else None  # None: an in-memory state dict
-    if source is not None and source.name.startswith("text_encoder"):
-        sibling = source.with_name(source.name.replace("text_encoder", "tokenizer", 1))  # text_encoder_2: tokenizer_2
-        source = sibling if sibling.is_dir() else source
+    source = Path(checkpoint.source)
+    folder = tokenizer_folder(source) if source.exists() else None  # None: an in-memory state dict
     tokenizer = LongCLIPTokenizer.from_pretrained(
-        source, model_max_length=checkpoint.num_positions, pad_token=pad_token
+        folder, model_max_length=checkpoint.num_positions, pad_token=pad_token
     )
     check_pair(tokenizer, checkpoint.text_config, checkpoint.source)
     return tokenizer

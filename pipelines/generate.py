@@ -132,14 +132,17 @@ def load_pipelines(
     strategy: str | None = None,
     device: str | None = None,
     dtype: torch.dtype | None = None,
+    family: Family | None = None,
 ) -> PipelinePair:
     """Load a stock SD 1.x/2.x, SDXL, SD 3 or Flux.1 pipeline and build its Long-CLIP twin (models loaded once).
 
-    The family comes from the pipeline's model_index.json. `strategy` is how SDXL's and SD 3's bigG reads long
-    prompts ("chunk" by default); other families refuse it.
+    The family comes from the pipeline's model_index.json, unless given (already read and checked against the
+    options). `strategy` is how SDXL's and SD 3's bigG reads long prompts ("chunk" by default); other families
+    refuse it.
     """
-    family = pipeline_family(pipeline)
-    family.check_options(pipeline, strategy=strategy)
+    if family is None:
+        family = pipeline_family(pipeline)
+        family.check_options(pipeline, strategy=strategy)
     default_device, default_dtype = default_device_and_dtype()
     device, dtype = device or default_device, dtype or default_dtype
     # refuses 77-position encoders
@@ -231,15 +234,26 @@ class LongRead:
         return tokens if self.windows == 1 else f"{tokens} in {self.windows} windows"
 
 
-def long_read(pipe: DiffusionPipeline, prompt: str) -> LongRead:
-    """What `pipe` (a Long-CLIP pipeline) reads of `prompt` with CLIP-L: every window (up to its
-    `max_prompt_windows`), or for Flux the first one, whose pooled vector it reads."""
-    tokenizer, config = pipe.tokenizer, pipe.config
+def windows_read(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, weighting: bool = True, max_windows: int | None = None
+) -> LongRead:
+    """What a Long-CLIP pipeline with `tokenizer` reads of `prompt`: its tokens laid out in windows, of which it
+    reads the first `max_windows` (all if None)."""
     capacity = tokenizer.model_max_length - 2
-    windows = tokenize_windows(prompt, tokenizer, capacity, config.prompt_weighting).token_ids
-    limit = 1 if isinstance(pipe, FluxPipeline) else config.max_prompt_windows
-    read_windows = windows[:limit] if limit is not None else windows
+    windows = tokenize_windows(prompt, tokenizer, capacity, weighting).token_ids
+    read_windows = windows[:max_windows] if max_windows is not None else windows
     return LongRead(sum(map(len, windows)), sum(map(len, read_windows)), len(read_windows))
+
+
+def windows_limit(pipe: DiffusionPipeline) -> int | None:
+    """How many CLIP-L windows a Long-CLIP pipeline reads: Flux the first (its pooled vector), the others up to
+    their `max_prompt_windows`."""
+    return 1 if isinstance(pipe, FluxPipeline) else pipe.config.max_prompt_windows
+
+
+def long_read(pipe: DiffusionPipeline, prompt: str) -> LongRead:
+    """What `pipe` (a Long-CLIP pipeline) reads of `prompt` with CLIP-L."""
+    return windows_read(pipe.tokenizer, prompt, pipe.config.prompt_weighting, windows_limit(pipe))
 
 
 def compare(pair: PipelinePair, prompt: str, negative_prompt: str | None = None, **kwargs) -> Image.Image:

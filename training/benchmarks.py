@@ -189,9 +189,11 @@ def _is_karpathy(data: Any) -> bool:
     )
 
 
-def _karpathy_images(path: Path, split: str = "test") -> list[dict]:
+def _karpathy_images(path: Path, split: str = "test", data: Any = None) -> list[dict]:
+    """The `split` images of the Karpathy file `path` (`data`: its content, when already read)."""
     expected = 'a Karpathy split file ({"images": [{"filename", "split", "sentences": [{"raw"}]}]})'
-    data = _read_json(path, expected)
+    if data is None:
+        data = _read_json(path, expected)
     if not _is_karpathy(data):
         raise ValueError(f"{path}: is not {expected}.")
     images = [image for image in data["images"] if image.get("split") == split]
@@ -201,9 +203,9 @@ def _karpathy_images(path: Path, split: str = "test") -> list[dict]:
     return images
 
 
-def _karpathy_set(path: Path, root: Path, captions_per_image: int | None) -> RetrievalSet:
+def _karpathy_set(path: Path, root: Path, captions_per_image: int | None, data: Any = None) -> RetrievalSet:
     pairs = []
-    for number, image in enumerate(_karpathy_images(path)):
+    for number, image in enumerate(_karpathy_images(path, data=data)):
         try:
             name = str(Path(image.get("filepath", "")) / image["filename"])
             sentences = [sentence["raw"] for sentence in image["sentences"]][:captions_per_image]
@@ -234,7 +236,7 @@ def load_coco(
     if _is_karpathy(data):
         if karpathy is not None:
             raise ValueError(f"{path}: is a Karpathy split file already; give either it or a captions JSON with it.")
-        return _karpathy_set(path, root, captions_per_image)
+        return _karpathy_set(path, root, captions_per_image, data)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or "annotations" not in data:
         raise ValueError(f"{path}: is not {expected}.")
     try:
@@ -403,7 +405,7 @@ def read_templates(value: str) -> tuple[str, ...]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Metrics
+# Zero-shot class names, and what a benchmark holds
 # ----------------------------------------------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ import re
 import tarfile
 import zlib
 from array import array
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ from typing import Literal
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from longclip_diffusers.atomic import atomic_write
 
 from .archives import ArchiveMember, ArchiveMembers, locate_in_archives
 
@@ -404,12 +407,25 @@ def _record_fields(where: str, row: dict) -> tuple[str, str, str | None]:
     return image, caption, short or None
 
 
+SKIPPED_FILE = "skipped_images.txt"  # the images a run (or a cache) could not use, one `name: reason` a line
+
+
 class UnusableSample(Exception):
     """A sample training cannot use; `reason` says why ("missing", "unreadable", "no caption", ...)."""
 
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+def write_skipped(skipped: dict[str, str], output: Path) -> str | None:
+    """`output/skipped_images.txt`, one `image: reason` line per skipped image; the summary line, if any."""
+    out = output / SKIPPED_FILE
+    atomic_write(out, "".join(f"{name}: {reason}\n" for name, reason in sorted(skipped.items())))
+    if not skipped:
+        return None
+    counts = ", ".join(f"{count} {reason}" for reason, count in sorted(Counter(skipped.values()).items()))
+    return f"{len(skipped)} image(s) skipped ({counts}): see {out}"
 
 
 def load_image(source: Path | io.BytesIO) -> Image.Image:

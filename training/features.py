@@ -28,7 +28,6 @@ import logging
 import math
 import os
 import shutil
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,13 +42,23 @@ from tqdm.auto import tqdm
 from longclip_diffusers.arguments import integer
 from longclip_diffusers.atomic import atomic_output, atomic_write
 from longclip_diffusers.convert import DTYPES
+from longclip_diffusers.formats import CheckpointError, safetensors_header
+from longclip_diffusers.writing import SAFETENSORS_DTYPES
 
-from .data import CaptionDataset, SampleBuilder, UnusableSample, check_images_exist, is_shard_pattern, read_records
+from .data import (
+    SKIPPED_FILE,
+    CaptionDataset,
+    SampleBuilder,
+    UnusableSample,
+    check_images_exist,
+    is_shard_pattern,
+    read_records,
+    write_skipped,
+)
 
 logger = logging.getLogger(__name__)
 FORMAT = "longclip-image-features/1"
 CACHE_FILE = "cache.json"
-SKIPPED_FILE = "skipped_images.txt"
 _SHARD_PREFIX = "features-"
 # What each identity field is to a user, for messages naming what differs.
 _FIELDS = {
@@ -191,7 +200,11 @@ def read_shard(path: Path, identity: dict, number: int) -> tuple[torch.Tensor, l
     `DamagedCache` says what is wrong with any other file."""
     if not path.is_file():
         raise DamagedCache(f"{path}: missing")
-    expected = _safetensors_size(path)
+    try:
+        tensors, data_start = safetensors_header(path)
+        expected = data_start + max((entry["data_offsets"][1] for entry in tensors.values()), default=0)
+    except (CheckpointError, KeyError, TypeError, IndexError):
+        raise DamagedCache(f"{path}: unreadable (not a complete safetensors file)") from None
     if expected != path.stat().st_size:
         raise DamagedCache(f"{path}: holds {path.stat().st_size:,} bytes, {expected:,} were written (truncated)")
     rows = shard_rows(identity, number)
@@ -208,24 +221,9 @@ def read_shard(path: Path, identity: dict, number: int) -> tuple[torch.Tensor, l
         raise DamagedCache(f"{path}: belongs to another cache than {path.parent / CACHE_FILE} describes")
     listed = sorted([*indices.tolist(), *(row for row, _, _ in skipped)]) if isinstance(skipped, list) else None
     torch_dtype = DTYPES[identity["dtype"]]
-    if listed != list(rows) or shape != [len(indices), identity["dim"]] or dtype != _SAFETENSORS_NAMES[torch_dtype]:
+    if listed != list(rows) or shape != [len(indices), identity["dim"]] or dtype != SAFETENSORS_DTYPES[torch_dtype]:
         raise DamagedCache(f"{path}: does not hold the rows {rows.start}..{rows.stop - 1} it should")
     return indices, skipped
-
-
-_SAFETENSORS_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
-
-
-def _safetensors_size(path: Path) -> int | None:
-    """The size a safetensors file has when complete, from its header; None when the header is unreadable."""
-    try:
-        with open(path, "rb") as handle:
-            (header_size,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(min(header_size, 100_000_000)))
-        ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
-        return 8 + header_size + max(ends, default=0)
-    except (struct.error, ValueError, KeyError, TypeError, IndexError, AttributeError):
-        return None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -348,7 +346,7 @@ def cache_features(config: CacheConfig) -> Path:
     _compute_shards(image_tower.to(state.device), images, identity, config, output, state)
     state.wait_for_everyone()
     if state.is_main_process:
-        _finish(identity, output, records)
+        _finish(identity, output)
     state.wait_for_everyone()
     return output
 
@@ -383,6 +381,7 @@ def _compute_shards(image_tower: nn.Module, images: CaptionDataset, identity: di
         collate_fn=_collate_images,
     )
     dtype = DTYPES[identity["dtype"]]
+    no_rows = torch.zeros(0, identity["dim"], dtype=dtype)  # a shard whose every image was unreadable
     autocast = torch.autocast(  # as accelerate runs the live image tower under --mixed-precision
         state.device.type, dtype=DTYPES.get(config.mixed_precision), enabled=config.mixed_precision != "no"
     )
@@ -405,10 +404,8 @@ def _compute_shards(image_tower: nn.Module, images: CaptionDataset, identity: di
                 open_shards[skip[0] // identity["shard_size"]]["skipped"].append(skip)
             for number in [n for n, shard in open_shards.items() if _is_full(shard, identity, n)]:
                 shard = open_shards.pop(number)
-                rows = torch.stack(shard["features"]) if shard["features"] else torch.zeros(0, identity["dim"])
-                write_shard(
-                    output / shard_name(number), rows.to(dtype), shard["indices"], shard["skipped"], identity, number
-                )
+                rows = torch.stack(shard["features"]) if shard["features"] else no_rows
+                write_shard(output / shard_name(number), rows, shard["indices"], shard["skipped"], identity, number)
             progress.update(len(batch["positions"]) + len(batch["skipped"]))
 
 
@@ -416,10 +413,8 @@ def _is_full(shard: dict, identity: dict, number: int) -> bool:
     return len(shard["indices"]) + len(shard["skipped"]) == len(shard_rows(identity, number))
 
 
-def _finish(identity: dict, output: Path, records) -> None:
+def _finish(identity: dict, output: Path) -> None:
     """Check every shard, list the skipped images and mark the cache complete."""
-    from .train import write_skipped  # train.py reads caches with this module
-
     sizes, skipped, features = {}, {}, 0
     for number in range(shard_count(identity)):
         path = output / shard_name(number)
@@ -430,7 +425,7 @@ def _finish(identity: dict, output: Path, records) -> None:
     if not features:
         name, reason = next(iter(skipped.items()))
         raise ValueError(
-            f"{identity['train_data']}: none of its {len(records)} images can be read (e.g. {name}: {reason}); "
+            f"{identity['train_data']}: none of its {identity['records']} images can be read (e.g. {name}: {reason}); "
             "nothing to cache. Check the images, or --images-root."
         )
     summary = write_skipped(skipped, output)

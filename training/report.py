@@ -83,9 +83,7 @@ RESULT_FILES = ("results.json", "results.md", "results.png")
 
 def write_results(report: Mapping[str, Any], out_dir: str | os.PathLike) -> list[Path]:
     """Write `results.json`, `results.md` and `results.png` into `out_dir`, each atomically."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / name for name in RESULT_FILES]
+    paths = [Path(out_dir) / name for name in RESULT_FILES]  # `atomic_write` makes the folder
     atomic_write(paths[0], json.dumps(report, indent=2) + "\n")
     atomic_write(paths[1], results_markdown(report))
     atomic_write(paths[2], lambda f: results_figure(report).savefig(f, format="png", dpi=120))

@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import shutil
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from longclip_diffusers.writing import save_clip, save_diffusers
 
 from .checkpoints import newest_intact_checkpoint, resume_checkpoint, save_checkpoint
 from .data import (
+    SKIPPED_FILE,
     CaptionDataset,
     SampleBuilder,
     StreamPosition,
@@ -49,6 +49,7 @@ from .data import (
     expand_shards,
     is_shard_pattern,
     read_records,
+    write_skipped,
 )
 from .features import (
     CachedCaptionDataset,
@@ -63,7 +64,7 @@ from .loss import LongCLIPLoss
 
 logger = logging.getLogger(__name__)
 TRACKER_RUN = "longclip"  # accelerate's trackers log under OUT/longclip
-RUN_FILES = ("config.json", "metrics.jsonl", "skipped_images.txt", "loss.png", "final", "checkpoints", TRACKER_RUN)
+RUN_FILES = ("config.json", "metrics.jsonl", SKIPPED_FILE, "loss.png", "final", "checkpoints", TRACKER_RUN)
 # Settings a resumed run may change: none of them changes what the run computes.
 RESUMABLE_CHANGES = (
     "output", "resume", "overwrite", "workers", "save_every", "keep_checkpoints", "log_every", "report_to",
@@ -434,16 +435,6 @@ def plot_losses(metrics_file: Path, out: Path) -> None:
     plt.close(figure)
 
 
-def write_skipped(skipped: dict[str, str], output: Path) -> str | None:
-    """`output/skipped_images.txt`, one `image: reason` line per skipped image; the summary line, if any."""
-    out = output / "skipped_images.txt"
-    atomic_write(out, "".join(f"{name}: {reason}\n" for name, reason in sorted(skipped.items())))
-    if not skipped:
-        return None
-    counts = ", ".join(f"{count} {reason}" for reason, count in sorted(Counter(skipped.values()).items()))
-    return f"{len(skipped)} image(s) skipped ({counts}): see {out}"
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------------------
@@ -488,7 +479,8 @@ def train(config: TrainConfig) -> Path:
     total_steps = config.max_steps or config.epochs * steps_per_epoch
     scheduler = cosine_with_warmup(optimizer, config.warmup_steps, total_steps)
     model, optimizer, scheduler = accelerator.prepare(TrainingModel(model), optimizer, scheduler)
-    if isinstance(loader.dataset, CaptionDataset):  # streamed shards are split by the dataset itself
+    streamed = isinstance(loader.dataset, TarShardDataset)
+    if not streamed:  # streamed shards are split by the dataset itself
         loader = accelerator.prepare(loader)
 
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "skipped": {}}
@@ -535,7 +527,7 @@ def train(config: TrainConfig) -> Path:
                     _log(accelerator, output, state, losses, scheduler)
                 if state["step"] % config.save_every == 0 or state["step"] == total_steps:
                     state["skipped"] = _gather_skipped(state["skipped"])
-                    if hasattr(loader.dataset, "resume"):
+                    if streamed:
                         state["streams"] = _gather_streams(stream)
                     save_checkpoint(accelerator, output, state, config.keep_checkpoints)
                 if state["step"] >= total_steps:
@@ -580,7 +572,7 @@ def _resume_epoch(accelerator, loader: DataLoader, state: dict) -> tuple[object,
     continue from each data-loader worker's position, reading no sample before it; a dataset with a sampler
     skips the indices of the batches consumed (checkpoints from before stream positions were kept skip batches)."""
     streams = state.get("streams")
-    if not hasattr(loader.dataset, "resume") or streams is None:
+    if not isinstance(loader.dataset, TarShardDataset) or streams is None:
         return accelerator.skip_first_batches(loader, state["batch_in_epoch"]), StreamPosition()
     processes = len(streams)
     if processes != accelerator.num_processes:

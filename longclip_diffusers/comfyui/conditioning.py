@@ -12,6 +12,7 @@ import torch
 
 from ..prompts import (
     SDXL_STRATEGIES,
+    TextEncoderSpec,
     encode_flux_prompts,
     encode_prompts,
     encode_sd3_prompts,
@@ -74,9 +75,7 @@ def encode_sdxl(
     or stretched by `strategy`.
     """
     _check_clip_l_and_g(long_clip, clip_g, "SDXL", strategy)
-    _check_clip_skip(clip_skip, long_clip, clip_g, skipped_anyway=1)
-    specs = [sdxl_text_spec(encoder.text_encoder, encoder.tokenizer, clip_skip) for encoder in (long_clip, clip_g)]
-    prompts_2 = [text_g] if text_g and text_g != text else None
+    specs, prompts_2 = _clip_l_and_g_inputs(long_clip, clip_g, text, text_g, clip_skip)
     with host.on_load_device(long_clip.text_encoder, clip_g.text_encoder) as device:
         cond, pooled = encode_prompts(
             [text],
@@ -88,6 +87,16 @@ def encode_sdxl(
             device=device,
         )
     return _to_output(cond), _to_output(pooled)
+
+
+def _clip_l_and_g_inputs(
+    long_clip: LongCLIP, clip_g: LongCLIP, text: str, text_g: str | None, clip_skip: int
+) -> tuple[list[TextEncoderSpec], list[str] | None]:
+    """SDXL's and SD 3's two CLIP encoders as they read a prompt (penultimate layer without the final norm,
+    `clip_skip` layers earlier), and bigG's own prompts (`text_g`, when it differs from `text`)."""
+    _check_clip_skip(clip_skip, long_clip, clip_g, skipped_anyway=1)
+    specs = [sdxl_text_spec(encoder.text_encoder, encoder.tokenizer, clip_skip) for encoder in (long_clip, clip_g)]
+    return specs, [text_g] if text_g and text_g != text else None
 
 
 def encode_sd3(
@@ -116,15 +125,14 @@ def encode_sd3(
             f"{long_clip.source}: this Long-CLIP-L has no text projection, but SD 3 reads CLIP-L's projected pooled "
             "vector; load a Long-CLIP-L that has one (the published LongCLIP-L .pt, or its export) with Load Long-CLIP."
         )
-    _check_clip_skip(clip_skip, long_clip, clip_g, skipped_anyway=1)
-    specs = [sdxl_text_spec(encoder.text_encoder, encoder.tokenizer, clip_skip) for encoder in (long_clip, clip_g)]
+    specs, prompts_2 = _clip_l_and_g_inputs(long_clip, clip_g, text, text_g, clip_skip)
     with host.on_load_device(long_clip.text_encoder, clip_g.text_encoder, t5.text_encoder) as device:
         cond, pooled = encode_sd3_prompts(
             [text],
             specs,
             t5.text_encoder,
             t5.tokenizer,
-            prompts_2=[text_g] if text_g and text_g != text else None,
+            prompts_2=prompts_2,
             prompts_3=[text_t5 or text],
             max_sequence_length=max_sequence_length,
             strategy=strategy,

@@ -13,7 +13,7 @@ from ..convert import stretch_checkpoint
 from ..formats import Checkpoint, CheckpointError, checkpoint_from_state_dict, load_checkpoint
 from ..stretch import CLIP_POSITIONS, DEFAULT_KEEP, DEFAULT_RATIO
 from ..text_encoder import build_text_model
-from ..tokenizer import LongCLIPTokenizer, check_pair
+from ..tokenizer import LongCLIPTokenizer, check_pair, tokenizer_folder
 from ..writing import text_state_dict
 
 CLIP_TYPES: tuple[str, ...] = ("clip_l", "clip_g")
@@ -66,10 +66,7 @@ def read_checkpoint(source: str | os.PathLike) -> tuple[Checkpoint, Path | None]
         return checkpoint, None
     if not path.is_dir():  # a Hub repo id
         return checkpoint, None
-    if path.name.startswith("text_encoder"):
-        sibling = path.parent / path.name.replace("text_encoder", "tokenizer", 1)
-        return checkpoint, sibling if sibling.is_dir() else path
-    return checkpoint, path
+    return checkpoint, tokenizer_folder(path)
 
 
 def role_problem(checkpoint: Checkpoint, clip_type: str) -> str | None:

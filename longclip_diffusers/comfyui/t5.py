@@ -64,9 +64,12 @@ def dequantized(
     for key, value in tensors.items():
         if key.endswith(_SCALE_KEYS) or key == "scaled_fp8":
             continue
-        value = value.to(device or value.device, copy=True)
+        target = device or value.device
         scale = tensors.get(key.removesuffix(".weight") + ".scale_weight") if key.endswith(".weight") else None
-        weights[key] = (value.float() * scale.to(value.device).float() if scale is not None else value).to(dtype)
+        if scale is None:
+            weights[key] = value.to(target, dtype, copy=True)  # one copy, never ComfyUI's own tensor
+        else:
+            weights[key] = (value.to(target, torch.float32) * scale.to(target, torch.float32)).to(dtype)
     return weights
 
 

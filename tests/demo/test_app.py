@@ -152,8 +152,8 @@ def test_flux_reads_one_window_and_t5_reads_up_to_its_length(tokenizers):
 @pytest.fixture(scope="module")
 def tiny_models(tiny_components):
     """Every base on the tiny components, as `longclip demo --tiny` has them."""
-    pipelines = {name: str(tiny_components / base.tiny) for name, base in BASES.items()}
-    encoders = {name: str(tiny_components / f"longclip-{base.tiny}") for name, base in BASES.items()}
+    pipelines = {name: str(tiny_components / base.flag) for name, base in BASES.items()}
+    encoders = {name: str(tiny_components / f"longclip-{base.flag}") for name, base in BASES.items()}
     return Models(Sources(pipelines, encoders, tiny=True))
 
 
