@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_output", "atomic_write", "publish"]
+__all__ = ["atomic_output", "atomic_write", "publish", "replace_when_done"]
 
 
 def _umask() -> int:
@@ -82,3 +82,39 @@ def atomic_write(
         else:
             handle.write(content.encode("utf-8") if isinstance(content, str) else content)
     return Path(out)
+
+
+def _remove(path: Path) -> None:
+    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+@contextmanager
+def replace_when_done(
+    folder: str | os.PathLike, entries: Callable[[Path], Iterable[str]], enabled: bool = True
+) -> Iterator[None]:
+    """`--overwrite` for a job that fills `folder` in place (a training run, a feature cache): the rule of
+    `atomic_output`, old output replaced only by a finished new one, for outputs that cannot be staged whole.
+
+    `entries(folder)` names the job's own files and folders in `folder` (never the user's). On entering, those of
+    the earlier output are moved into a hidden folder inside `folder`; they are removed once the job has finished,
+    and put back (the new job's entries removed) if it fails. A job killed outright leaves them in
+    `folder/.replaced-*.tmp`. With `enabled=False` (no --overwrite, or not the main process) nothing is moved.
+    """
+    folder = Path(folder)
+    earlier = list(entries(folder)) if enabled and folder.is_dir() else []
+    if not earlier:
+        yield
+        return
+    aside = Path(tempfile.mkdtemp(prefix=".replaced-", suffix=".tmp", dir=folder))
+    for name in earlier:
+        (folder / name).rename(aside / name)
+    try:
+        yield
+    except BaseException:
+        for name in entries(folder):
+            _remove(folder / name)
+        for name in earlier:
+            (aside / name).rename(folder / name)
+        aside.rmdir()
+        raise
+    shutil.rmtree(aside)

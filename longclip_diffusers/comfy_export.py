@@ -362,6 +362,7 @@ def export_comfyui(
             write_comfyui_text_encoder(checkpoint, staging / TEXT_ENCODERS / name, DTYPES[dtype] if dtype else None)
         long_names = [name for checkpoint, name in zip(checkpoints, names, strict=True) if _is_long_clip_l(checkpoint)]
         write_node_package(staging / CUSTOM_NODES / NODE_PACKAGE, (long_names or [DEFAULT_ENCODER_NAME])[0])
+        _keep_saved_workflows(out / CUSTOM_NODES / NODE_PACKAGE, staging / CUSTOM_NODES / NODE_PACKAGE)
         for target in targets:
             with atomic_output(out / target, overwrite=overwrite) as tmp:
                 (staging / target).rename(tmp)
@@ -372,6 +373,17 @@ def export_comfyui(
         raise
     shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def _keep_saved_workflows(package: Path, new_package: Path) -> None:
+    """The workflows a user saved in an earlier package's `workflows/` (any file the export does not write) go
+    into the new package, so --overwrite replaces only what the export writes."""
+    saved = package / "workflows"
+    for path in sorted(saved.rglob("*")) if saved.is_dir() else []:
+        target = new_package / "workflows" / path.relative_to(saved)
+        if path.is_file() and not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
 
 
 def add_comfy_export_arguments(parser: argparse.ArgumentParser) -> None:

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from longclip_diffusers.arguments import integer
-from longclip_diffusers.atomic import atomic_output, atomic_write
+from longclip_diffusers.atomic import atomic_output, atomic_write, replace_when_done
 from longclip_diffusers.convert import DTYPES
 from longclip_diffusers.formats import CheckpointError, safetensors_header
 from longclip_diffusers.writing import SAFETENSORS_DTYPES
@@ -297,12 +297,10 @@ def check_same_cache(stored: dict, identity: dict, output: Path) -> None:
         )
 
 
-def remove_cache(output: Path) -> None:
-    """--overwrite: remove the files of the cache in `output`, and nothing else."""
-    for path in output.glob(f"{_SHARD_PREFIX}*.safetensors"):
-        path.unlink()
-    for name in (SKIPPED_FILE, CACHE_FILE):
-        (output / name).unlink(missing_ok=True)
+def cache_files(output: Path) -> list[str]:
+    """The files of the cache in `output` (other files there are not the cache's)."""
+    shards = [path.name for path in output.glob(f"{_SHARD_PREFIX}*.safetensors")]
+    return sorted(shards) + [name for name in (SKIPPED_FILE, CACHE_FILE) if (output / name).exists()]
 
 
 def cache_features(config: CacheConfig) -> Path:
@@ -334,20 +332,20 @@ def cache_features(config: CacheConfig) -> Path:
     if stored is not None and not config.overwrite:
         check_same_cache(stored, identity, output)  # in every process, before any of them writes
     state.wait_for_everyone()
-    if state.is_main_process:
-        if stored is not None and config.overwrite:
-            remove_cache(output)
-        if stored is None or config.overwrite or stored.get("complete"):
+    # Every check has passed: only now does --overwrite set the earlier cache aside (removed once this one is
+    # complete, put back if computing it fails).
+    with replace_when_done(output, cache_files, enabled=config.overwrite and state.is_main_process):
+        if state.is_main_process and (stored is None or config.overwrite or stored.get("complete")):
             output.mkdir(parents=True, exist_ok=True)
             atomic_write(output / CACHE_FILE, json.dumps({**identity, "complete": False}, indent=1) + "\n")
-    state.wait_for_everyone()
+        state.wait_for_everyone()
 
-    images = CaptionDataset(records, SampleBuilder(preprocess, tokenize=None))
-    _compute_shards(image_tower.to(state.device), images, identity, config, output, state)
-    state.wait_for_everyone()
-    if state.is_main_process:
-        _finish(identity, output)
-    state.wait_for_everyone()
+        images = CaptionDataset(records, SampleBuilder(preprocess, tokenize=None))
+        _compute_shards(image_tower.to(state.device), images, identity, config, output, state)
+        state.wait_for_everyone()
+        if state.is_main_process:
+            _finish(identity, output)
+        state.wait_for_everyone()
     return output
 
 

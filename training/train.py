@@ -14,7 +14,6 @@ import importlib.util
 import json
 import logging
 import math
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from longclip_diffusers.arguments import integer, real
-from longclip_diffusers.atomic import atomic_output, atomic_write
+from longclip_diffusers.atomic import atomic_output, atomic_write, replace_when_done
 from longclip_diffusers.formats import (
     CLIP_EOS_TOKEN_ID,
     canonical_to_openai,
@@ -138,6 +137,12 @@ def build_model(config: TrainConfig) -> tuple[nn.Module, object, dict]:
 
     name, model_cfg = open_clip_config(config.model)
     is_tag = config.pretrained and not Path(config.pretrained).exists() and "/" not in config.pretrained
+    if is_tag and config.pretrained not in open_clip.list_pretrained_tags_by_model(name):
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
+        raise ValueError(
+            f"--pretrained {config.pretrained}: neither a file nor a pretrained tag open_clip has for {name} "
+            f"(its tags: {tags}); check the spelling, or pass 'none' for random weights."
+        )
     if config.image_features:
         model, preprocess = TextCLIP(model_cfg), cached_features
         source = pretrained_file(name, config.pretrained) if is_tag else config.pretrained
@@ -352,13 +357,6 @@ def plan_run(config: TrainConfig, warn: Callable[[str], None]) -> tuple[Path, di
     return resume
 
 
-def remove_earlier_run(output: Path) -> None:
-    """--overwrite: remove what an earlier run wrote into `output`, and nothing else."""
-    for name in earlier_run(output):
-        path = output / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-
-
 def check_resumed_settings(run: Path, config: TrainConfig) -> None:
     """Refuse to resume a run with settings that change what it computes; the message names each one."""
     saved_file = run / "config.json"
@@ -459,9 +457,6 @@ def train(config: TrainConfig) -> Path:
     )
     for note in notes if accelerator.is_main_process else []:
         logger.warning(note)
-    if config.overwrite and accelerator.is_main_process:
-        remove_earlier_run(output)
-    accelerator.wait_for_everyone()
 
     set_seed(config.seed)
     model, preprocess, model_cfg = build_model(config)
@@ -483,70 +478,74 @@ def train(config: TrainConfig) -> Path:
     if not streamed:  # streamed shards are split by the dataset itself
         loader = accelerator.prepare(loader)
 
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "skipped": {}}
-    if resume:
-        accelerator.load_state(str(resume[0]))
-        state = {**state, **resume[1]}
-        frozen.restore()
-    if accelerator.is_main_process:
-        output.mkdir(parents=True, exist_ok=True)
-        atomic_write(output / "config.json", json.dumps(asdict(config), indent=2) + "\n")
-        _truncate_metrics(output / "metrics.jsonl", state["step"])
-    accelerator.init_trackers(TRACKER_RUN, config={k: str(v) for k, v in asdict(config).items()})
+    # Every check has passed: only now does --overwrite set the earlier run aside (removed once this one finishes,
+    # put back if it fails).
+    with replace_when_done(output, earlier_run, enabled=config.overwrite and accelerator.is_main_process):
+        accelerator.wait_for_everyone()
+        state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "skipped": {}}
+        if resume:
+            accelerator.load_state(str(resume[0]))
+            state = {**state, **resume[1]}
+            frozen.restore()
+        if accelerator.is_main_process:
+            output.mkdir(parents=True, exist_ok=True)
+            atomic_write(output / "config.json", json.dumps(asdict(config), indent=2) + "\n")
+            _truncate_metrics(output / "metrics.jsonl", state["step"])
+        accelerator.init_trackers(TRACKER_RUN, config={k: str(v) for k, v in asdict(config).items()})
 
-    with tqdm(total=total_steps, initial=state["step"], disable=not accelerator.is_local_main_process) as progress:
-        while state["step"] < total_steps:
-            _set_epoch(loader, state["epoch"])
-            resumed_within_epoch, full_batches = state["batch_in_epoch"] > 0, 0
-            batches, stream = loader, StreamPosition()
-            if resumed_within_epoch:
-                batches, stream = _resume_epoch(accelerator, loader, state)
-            for batch in batches:
-                batch = send_to_device(batch, accelerator.device)
-                state["batch_in_epoch"] += 1
-                state["skipped"].update(batch["skipped"])
-                if "position" in batch:
-                    stream.advance(batch["position"])
-                if len(batch.get("image", ())) < config.batch_size:  # a stream's end: processes need equal batches
-                    continue
-                full_batches += 1
-                with accelerator.accumulate(model):
-                    features = model(batch["image"], batch["long_text"], batch["short_text"])
-                    losses = criterion(*features)
-                    accelerator.backward(losses["loss"])
-                    optimizer.step()
-                    if accelerator.sync_gradients:
-                        scheduler.step()
-                    optimizer.zero_grad()
-                    frozen.restore()
-                if not accelerator.sync_gradients:
-                    continue
-                state["step"] += 1
-                progress.update(1)
-                if state["step"] % config.log_every == 0 or state["step"] == total_steps:
-                    _log(accelerator, output, state, losses, scheduler)
-                if state["step"] % config.save_every == 0 or state["step"] == total_steps:
-                    state["skipped"] = _gather_skipped(state["skipped"])
-                    if streamed:
-                        state["streams"] = _gather_streams(stream)
-                    save_checkpoint(accelerator, output, state, config.keep_checkpoints)
-                if state["step"] >= total_steps:
-                    break
-            else:
-                if not (full_batches or resumed_within_epoch):
-                    raise ValueError(_empty_epoch_message(config, state, accelerator.process_index))
-                state["epoch"] += 1
-                state["batch_in_epoch"] = 0
+        with tqdm(total=total_steps, initial=state["step"], disable=not accelerator.is_local_main_process) as progress:
+            while state["step"] < total_steps:
+                _set_epoch(loader, state["epoch"])
+                resumed_within_epoch, full_batches = state["batch_in_epoch"] > 0, 0
+                batches, stream = loader, StreamPosition()
+                if resumed_within_epoch:
+                    batches, stream = _resume_epoch(accelerator, loader, state)
+                for batch in batches:
+                    batch = send_to_device(batch, accelerator.device)
+                    state["batch_in_epoch"] += 1
+                    state["skipped"].update(batch["skipped"])
+                    if "position" in batch:
+                        stream.advance(batch["position"])
+                    if len(batch.get("image", ())) < config.batch_size:  # a stream's end: processes need equal batches
+                        continue
+                    full_batches += 1
+                    with accelerator.accumulate(model):
+                        features = model(batch["image"], batch["long_text"], batch["short_text"])
+                        losses = criterion(*features)
+                        accelerator.backward(losses["loss"])
+                        optimizer.step()
+                        if accelerator.sync_gradients:
+                            scheduler.step()
+                        optimizer.zero_grad()
+                        frozen.restore()
+                    if not accelerator.sync_gradients:
+                        continue
+                    state["step"] += 1
+                    progress.update(1)
+                    if state["step"] % config.log_every == 0 or state["step"] == total_steps:
+                        _log(accelerator, output, state, losses, scheduler)
+                    if state["step"] % config.save_every == 0 or state["step"] == total_steps:
+                        state["skipped"] = _gather_skipped(state["skipped"])
+                        if streamed:
+                            state["streams"] = _gather_streams(stream)
+                        save_checkpoint(accelerator, output, state, config.keep_checkpoints)
+                    if state["step"] >= total_steps:
+                        break
+                else:
+                    if not (full_batches or resumed_within_epoch):
+                        raise ValueError(_empty_epoch_message(config, state, accelerator.process_index))
+                    state["epoch"] += 1
+                    state["batch_in_epoch"] = 0
 
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        export_final(accelerator.unwrap_model(model).clip, model_cfg, output / "final")
-        plot_losses(output / "metrics.jsonl", output / "loss.png")
-        summary = write_skipped(state["skipped"], output)
-        if summary:
-            print(summary)
-    accelerator.end_training()
-    return output
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            export_final(accelerator.unwrap_model(model).clip, model_cfg, output / "final")
+            plot_losses(output / "metrics.jsonl", output / "loss.png")
+            summary = write_skipped(state["skipped"], output)
+            if summary:
+                print(summary)
+        accelerator.end_training()
+        return output
 
 
 def _steps_per_epoch(loader: DataLoader, config: TrainConfig, processes: int) -> int:

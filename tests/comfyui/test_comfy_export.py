@@ -267,6 +267,20 @@ def test_existing_outputs_need_overwrite_and_other_files_stay(sources, tmp_path)
     assert sorted(path.name for path in other.parent.iterdir()) == ["clip_l.safetensors", "longclip-sd15.safetensors"]
 
 
+def test_overwrite_keeps_the_workflows_a_user_saved_in_the_package(sources, tmp_path):
+    comfyui = tmp_path / "ComfyUI"
+    export_comfyui(comfyui, [sources / "longclip-sd15"])
+    workflows = comfyui / "custom_nodes" / NODE_PACKAGE / "workflows"
+    ours = sorted(path.name for path in workflows.iterdir())
+    (workflows / "my_portrait_api.json").write_text('{"mine": true}')
+    (workflows / "drafts").mkdir()
+    (workflows / "drafts" / "v2.json").write_text("{}")
+    export_comfyui(comfyui, [sources / "longclip-sd15"], overwrite=True)
+    assert (workflows / "my_portrait_api.json").read_text() == '{"mine": true}'
+    assert (workflows / "drafts" / "v2.json").read_text() == "{}"
+    assert sorted(path.name for path in workflows.iterdir()) == sorted([*ours, "drafts", "my_portrait_api.json"])
+
+
 def test_encoder_names_and_clashes(sources, tmp_path):
     assert encoder_file_name("BeichenZhang/LongCLIP-L") == "LongCLIP-L.safetensors"
     assert encoder_file_name("/models/longclip-L.pt") == "longclip-L.safetensors"

@@ -20,6 +20,7 @@ import torch
 from test_train import config_for, losses_of, write_dataset
 
 from longclip_diffusers.cli import main
+from longclip_diffusers.training import train as training_module
 from longclip_diffusers.training.data import SampleBuilder, TarShardDataset, collate, expand_shards, read_records
 from longclip_diffusers.training.train import build_loader, build_model, train
 
@@ -198,6 +199,36 @@ def test_overwrite_replaces_the_earlier_runs_files_and_keeps_the_users(data, run
     assert sorted(losses_of(run_copy)) == [1, 2]
     assert json.loads((run_copy / "config.json").read_text())["epochs"] == 1
     assert (run_copy / "notes.txt").read_text() == "my notes"
+
+
+@pytest.mark.parametrize(
+    "mistake, message",
+    [
+        ({"pretrained": "laion2b_s34b_b79k_typo"}, "laion2b_s34b_b79k_typo"),
+        ({"batch_size": 500}, "one batch of 500"),
+    ],
+)
+def test_an_overwrite_that_fails_at_start_keeps_the_earlier_run(data, run_copy, capsys, mistake, message):
+    before = snapshot(run_copy)
+    code, _, err = run_cli(capsys, train_args(data, run_copy, epochs=1, overwrite=True, **mistake))
+    one_line_error(code, err, message)
+    assert snapshot(run_copy) == before
+    assert sorted(p.name for p in run_copy.iterdir()) == sorted(p.name for p in run_copy.iterdir() if p.name[0] != ".")
+
+
+def test_an_overwrite_that_fails_while_running_puts_the_earlier_run_back(data, run_copy, monkeypatch):
+    """A failure after the new run has started (here: writing its loss plot, after final/ is exported) removes what
+    the new run wrote and puts the earlier run back as it was."""
+    before = snapshot(run_copy)
+
+    def disk_full(*_):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(training_module, "plot_losses", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        train(config_for(data, run_copy, epochs=1, save_every=1, overwrite=True))
+    assert snapshot(run_copy) == before
+    assert not [p for p in run_copy.iterdir() if p.name.startswith(".")]
 
 
 def test_resume_and_overwrite_exclude_each_other(data, tmp_path, capsys):
