@@ -39,6 +39,7 @@ from .feature_cache import (
     CACHE_FILE,
     FORMAT,
     DamagedCache,
+    NotACache,
     differences,
     file_sha256,
     identity_of,
@@ -126,11 +127,19 @@ def _collate_images(samples: list[tuple]) -> dict:
     }
 
 
-def existing_cache(output: Path) -> dict | None:
-    """The cache already in `output`, if any; refuses an `output` that is a file or a folder of other files."""
+def existing_cache(output: Path, overwrite: bool) -> dict | None:
+    """The description of the cache already in `output`, if any (with `overwrite`, {} for a damaged one, to be
+    replaced); refuses an `output` that is a file or a folder of other files."""
     if output.exists() and not output.is_dir():
         raise NotADirectoryError(f"--output {output}: is a file; the cache is a folder.")
-    stored = read_cache_file(output) if output.is_dir() else None
+    try:
+        stored = read_cache_file(output) if output.is_dir() else None
+    except NotACache:
+        raise
+    except DamagedCache:
+        if not overwrite:
+            raise
+        return {}
     others = [p for p in output.iterdir() if not p.name.endswith(".tmp")] if output.is_dir() else []  # ours, cut short
     if stored is None and others:
         raise FileExistsError(
@@ -163,7 +172,7 @@ def cache_features(config: CacheConfig) -> Path:
     if config.dtype not in DTYPES:
         raise ValueError(f"--dtype {config.dtype!r}: choose one of {', '.join(DTYPES)}.")
     output = Path(config.output)
-    stored = existing_cache(output)
+    stored = existing_cache(output, config.overwrite)
     if is_shard_pattern(config.train_data):
         raise ValueError(
             f"--train-data {config.train_data}: cache-features reads an annotation file (JSONL, CSV or ShareGPT4V "

@@ -55,6 +55,20 @@ _FIELDS = {
     "dtype": "--dtype",
     "shard_size": "--shard-size",
 }
+# What each field of a description holds; a complete cache's has `_COMPLETE`'s too.
+_SHAPE = {
+    "model": str, "model_config": dict, "pretrained": (str, type(None)), "seed": (int, type(None)),
+    "image_tower_sha256": str, "preprocess": str, "mixed_precision": str, "train_data": str,
+    "annotations_sha256": str, "records": int, "dim": int, "dtype": str, "shard_size": int, "complete": bool,
+}  # fmt: skip
+_COMPLETE = {"shards": dict, "features": int, "skipped": int}
+_COUNTS = ("records", "dim", "shard_size")  # at least 1
+_KIND_NAMES = {
+    str: "a string", dict: "an object", int: "a whole number", bool: "true or false",
+    (str, type(None)): "a string or null", (int, type(None)): "a whole number or null",
+}  # fmt: skip
+# Fields that say what computing a cache found or read, not what its features depend on.
+_FOUND = ("complete", "shards", "features", "skipped", "images_root")
 
 
 class CacheMismatch(ValueError):
@@ -63,6 +77,10 @@ class CacheMismatch(ValueError):
 
 class DamagedCache(ValueError):
     """A cache (or one shard of it) that cannot be read as it was written; the message names the file."""
+
+
+class NotACache(DamagedCache):
+    """A `cache.json` that is not the description of an image-feature cache (another tool's file)."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -95,7 +113,7 @@ def cache_id(identity: dict) -> str:
 
 def identity_of(stored: dict) -> dict:
     """What made a cache, from its description (without what computing it found)."""
-    return {key: value for key, value in stored.items() if key not in ("complete", "shards", "features", "skipped")}
+    return {key: value for key, value in stored.items() if key not in _FOUND}
 
 
 def differences(stored: dict, identity: dict) -> list[str]:
@@ -113,8 +131,31 @@ def read_cache_file(folder: Path) -> dict | None:
     except (OSError, ValueError) as error:
         raise DamagedCache(f"{path}: unreadable ({error}); make the cache again with --overwrite.") from None
     if not isinstance(stored, dict) or stored.get("format") != FORMAT:
-        raise DamagedCache(f"{path}: not the description of an image-feature cache ({FORMAT}).")
+        raise NotACache(f"{path}: not the description of an image-feature cache ({FORMAT}).")
+    problem = _description_problem(stored)
+    if problem:
+        raise DamagedCache(
+            f"{path}: {problem} (edited by hand?); make the cache again (`longclip cache-features ... --overwrite`)."
+        )
     return stored
+
+
+def _description_problem(stored: dict) -> str | None:
+    """What is wrong with the fields of a cache description, if anything."""
+    shape = {**_SHAPE, **(_COMPLETE if stored.get("complete") else {})}
+    for key, kind in shape.items():
+        if key not in stored:
+            return f"lacks {key!r}"
+        if not isinstance(stored[key], kind) or (kind is int and isinstance(stored[key], bool)):
+            return f"{key!r} holds {json.dumps(stored[key])[:40]}, not {_KIND_NAMES[kind]}"
+    small = [key for key in _COUNTS if stored[key] < 1]
+    if small:
+        return f"{small[0]!r} is {stored[small[0]]}, not a count"
+    if stored["dtype"] not in DTYPES:
+        return f"'dtype' is {stored['dtype']!r}, not one of {', '.join(DTYPES)}"
+    if stored["complete"] and not all(isinstance(size, int) for size in stored["shards"].values()):
+        return "'shards' does not map each shard file to its size"
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------------

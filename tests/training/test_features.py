@@ -353,6 +353,32 @@ def test_an_overwrite_that_fails_keeps_the_earlier_cache(data, cache_copy, capsy
     assert not [p for p in cache_copy.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.parametrize(
+    "edit, problem",
+    [
+        (lambda stored: stored.pop("shard_size"), "lacks 'shard_size'"),
+        (lambda stored: stored.pop("records"), "lacks 'records'"),
+        (lambda stored: stored.update(records="32"), "'records' holds \"32\", not a whole number"),
+        (lambda stored: stored.update(shard_size=0), "'shard_size' is 0, not a count"),
+        (lambda stored: stored.pop("shards"), "lacks 'shards'"),
+    ],
+    ids=["no-shard-size", "no-records", "records-as-text", "shard-size-0", "no-shards"],
+)
+def test_a_hand_edited_cache_description_is_a_one_line_error(data, cache_copy, tmp_path, capsys, edit, problem):
+    description = cache_copy / "cache.json"
+    stored = json.loads(description.read_text())
+    edit(stored)
+    description.write_text(json.dumps(stored))
+    code, _, err = run_cli(capsys, [*train_args(data, tmp_path / "run"), *cached_flags(data, cache_copy)])
+    one_line_error(code, err, f"{description}: {problem}", "--overwrite")
+    assert not (tmp_path / "run").exists()
+    code, _, err = run_cli(capsys, cache_args(data, cache_copy))
+    one_line_error(code, err, f"{description}: {problem}", "--overwrite")
+    code, _, err = run_cli(capsys, cache_args(data, cache_copy, overwrite=True))  # what the message advises
+    assert code == 0, err
+    assert FeatureCache(cache_copy).identity["shard_size"] == 8
+
+
 def test_a_folder_of_other_files_or_a_file_is_not_made_a_cache(data, tmp_path, capsys):
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos/holiday.jpg").write_bytes(b"mine")
