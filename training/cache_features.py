@@ -159,6 +159,28 @@ def check_same_cache(stored: dict, identity: dict, output: Path) -> None:
         )
 
 
+def images_root(config: CacheConfig) -> str:
+    """The folder the annotation file's relative image paths start from (--images-root, else the file's)."""
+    return str(Path(config.images_root or Path(config.train_data).parent).resolve())
+
+
+def check_images_root(stored: dict, root: str, output: Path) -> bool:
+    """Whether the shards in `output` were computed from the images under another folder than `root` (they are
+    then computed again); refuses to replace a complete cache of those images without --overwrite."""
+    earlier = stored.get("images_root")  # caches from before it was recorded: not known
+    if earlier is None or earlier == root:
+        return False
+    if stored.get("complete"):
+        raise FileExistsError(
+            f"--output {output}: holds the features of the images under {earlier}, not of those under {root} "
+            "(--images-root); pass --overwrite to cache these instead, or choose another --output."
+        )
+    logger.warning(
+        "%s: its shards were computed from the images under %s: computed again from %s", output, earlier, root
+    )
+    return True
+
+
 def cache_files(output: Path) -> list[str]:
     """The files of the cache in `output` (other files there are not the cache's)."""
     return shard_files(output) + [name for name in (SKIPPED_FILE, CACHE_FILE) if (output / name).exists()]
@@ -188,29 +210,35 @@ def cache_features(config: CacheConfig) -> Path:
     weights = {f"visual.{key}": value for key, value in image_tower.state_dict().items()}
     identity = cache_identity(config, model_cfg, preprocess, weights, len(records))
     del model, weights  # the text tower
+    root = images_root(config)
+    moved = False
     if stored is not None and not config.overwrite:
         check_same_cache(stored, identity, output)  # in every process, before any of them writes
+        moved = check_images_root(stored, root, output)
     state.wait_for_everyone()
     # Every check has passed: only now does --overwrite set the earlier cache aside (removed once this one is
     # complete, put back if computing it fails).
     with replace_when_done(output, cache_files, enabled=config.overwrite and state.is_main_process):
-        if state.is_main_process and (stored is None or config.overwrite or stored.get("complete")):
+        if state.is_main_process and (stored is None or config.overwrite or moved or stored.get("complete")):
             output.mkdir(parents=True, exist_ok=True)
-            atomic_write(output / CACHE_FILE, json.dumps({**identity, "complete": False}, indent=1) + "\n")
+            for name in shard_files(output) if moved else []:  # computed from the images under another root
+                (output / name).unlink()
+            description = {**identity, "images_root": root, "complete": False}
+            atomic_write(output / CACHE_FILE, json.dumps(description, indent=1) + "\n")
         state.wait_for_everyone()
 
         images = CaptionDataset(records, SampleBuilder(preprocess, tokenize=None))
         _compute_shards(image_tower.to(state.device), images, identity, config, output, state)
         state.wait_for_everyone()
         if state.is_main_process:
-            _finish(identity, output)
+            _finish(identity, root, output)
         state.wait_for_everyone()
     return output
 
 
-def _pending_shards(identity: dict, output: Path, rank: int, processes: int) -> list[int]:
-    """This process's shards that are not on disk intact (a damaged one is removed, to be computed again, and so
-    is what a killed run left of one half written)."""
+def _pending_shards(identity: dict, images: CaptionDataset, output: Path, rank: int, processes: int) -> list[int]:
+    """This process's shards that are not on disk intact, or that skipped an image which can now be read (a
+    damaged one is removed, to be computed again, and so is what a killed run left of one half written)."""
     pending = []
     for number in range(rank, shard_count(identity), processes):
         path = output / shard_name(number)
@@ -218,18 +246,32 @@ def _pending_shards(identity: dict, output: Path, rank: int, processes: int) -> 
             shutil.rmtree(unfinished, ignore_errors=True)
         if path.exists():
             try:
-                read_feature_shard(path, identity, number)
-                continue
+                _, skipped = read_feature_shard(path, identity, number)
+                readable = [name for row, name, _ in skipped if _readable(images, row)]
+                if not readable:
+                    continue
+                logger.warning(
+                    "%s: %d image(s) it skipped can now be read (e.g. %s): computed again", path, len(readable),
+                    readable[0],
+                )  # fmt: skip
             except DamagedCache as problem:
                 logger.warning("%s: computed again", problem)
-                path.unlink()
+            path.unlink()
         pending.append(number)
     return pending
 
 
+def _readable(images: CaptionDataset, position: int) -> bool:
+    try:
+        images.load(position)
+    except UnusableSample:
+        return False
+    return True
+
+
 @torch.no_grad()
 def _compute_shards(image_tower: nn.Module, images: CaptionDataset, identity: dict, config, output: Path, state):
-    pending = _pending_shards(identity, output, state.process_index, state.num_processes)
+    pending = _pending_shards(identity, images, output, state.process_index, state.num_processes)
     positions = [position for number in pending for position in shard_rows(identity, number)]
     loader = DataLoader(
         _ImagesToCache(images, positions, images.builder.transform),
@@ -270,7 +312,7 @@ def _is_full(shard: dict, identity: dict, number: int) -> bool:
     return len(shard["indices"]) + len(shard["skipped"]) == len(shard_rows(identity, number))
 
 
-def _finish(identity: dict, output: Path) -> None:
+def _finish(identity: dict, root: str, output: Path) -> None:
     """Check every shard, list the skipped images and mark the cache complete."""
     sizes, skipped, features = {}, {}, 0
     for number in range(shard_count(identity)):
@@ -283,10 +325,12 @@ def _finish(identity: dict, output: Path) -> None:
         name, reason = next(iter(skipped.items()))
         raise ValueError(
             f"{identity['train_data']}: none of its {identity['records']} images can be read (e.g. {name}: {reason}); "
-            "nothing to cache. Check the images, or --images-root."
+            "nothing to cache. Check the images, or --images-root, and run the command again (it reads the skipped "
+            "images again)."
         )
     summary = write_skipped(skipped, output)
-    complete = {**identity, "complete": True, "shards": sizes, "features": features, "skipped": len(skipped)}
+    found = {"complete": True, "shards": sizes, "features": features, "skipped": len(skipped)}
+    complete = {**identity, "images_root": root, **found}
     atomic_write(output / CACHE_FILE, json.dumps(complete, indent=1) + "\n")
     if summary:
         print(summary)

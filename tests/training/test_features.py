@@ -379,6 +379,53 @@ def test_a_hand_edited_cache_description_is_a_one_line_error(data, cache_copy, t
     assert FeatureCache(cache_copy).identity["shard_size"] == 8
 
 
+def test_a_cache_first_run_with_a_wrong_images_root_is_finished_from_the_right_one(data, cache, tmp_path, capsys):
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    for row in range(32):
+        (wrong / f"img{row}.png").write_bytes(b"not a png")  # every image there unreadable
+    output = tmp_path / "features"
+    code, _, err = run_cli(capsys, cache_args(data, output, images_root=wrong))
+    one_line_error(code, err, "none of its 32 images can be read", f"{wrong / 'img0.png'}: unreadable", "--images-root")
+    code, _, err = run_cli(capsys, cache_args(data, output, images_root=data))  # the same command, the right root
+    assert code == 0, err
+    assert (output / "skipped_images.txt").read_text() == (cache / "skipped_images.txt").read_text()
+    uninterrupted = shards_of(cache)
+    for name, shard in shards_of(output).items():
+        assert torch.equal(shard["indices"], uninterrupted[name]["indices"]), name
+        torch.testing.assert_close(shard["features"], uninterrupted[name]["features"], atol=1e-6, rtol=0)
+
+
+def test_a_rerun_after_fixing_images_caches_them_and_drops_them_from_the_skipped_list(data, tmp_path, capsys):
+    folder = Path(shutil.copytree(data, tmp_path / "data"))
+    output = tmp_path / "features"
+    assert main(cache_args(folder, output)) == 0
+    before = snapshot(output)
+    shutil.copy(folder / "img4.png", folder / "img3.png")  # the unreadable image of shard 0 fixed
+    code, _, err = run_cli(capsys, cache_args(folder, output))
+    assert code == 0, err
+    assert (output / "skipped_images.txt").read_text() == f"{folder / 'img12.png'}: missing\n"
+    stored = json.loads((output / "cache.json").read_text())
+    assert (stored["complete"], stored["features"], stored["skipped"]) == (True, 31, 1)
+    after = snapshot(output)
+    assert [name for name in before if name.startswith("features-") and after[name] != before[name]] == [
+        "features-00000.safetensors"  # only the shard of the fixed image was computed again
+    ]
+    opened = FeatureCache(output)
+    torch.testing.assert_close(opened.features(3), opened.features(4), atol=0, rtol=0)  # the same image now
+
+
+def test_a_complete_cache_of_the_images_under_another_root_is_replaced_only_with_overwrite(data, cache_copy, capsys):
+    elsewhere = Path(shutil.copytree(data, cache_copy.parent / "moved"))
+    before = snapshot(cache_copy)
+    code, _, err = run_cli(capsys, cache_args(data, cache_copy, images_root=elsewhere))
+    one_line_error(code, err, f"holds the features of the images under {data}", "(--images-root)", "--overwrite")
+    assert snapshot(cache_copy) == before
+    code, _, err = run_cli(capsys, cache_args(data, cache_copy, images_root=elsewhere, overwrite=True))
+    assert code == 0, err
+    assert json.loads((cache_copy / "cache.json").read_text())["images_root"] == str(elsewhere)
+
+
 def test_a_folder_of_other_files_or_a_file_is_not_made_a_cache(data, tmp_path, capsys):
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos/holiday.jpg").write_bytes(b"mine")
