@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -35,6 +36,7 @@ from .data import (
     read_records,
     write_skipped,
 )
+from .disk import DiskFull, from_full_disk
 from .feature_cache import (
     CACHE_FILE,
     FORMAT,
@@ -376,7 +378,13 @@ def run_cache_features(args: argparse.Namespace) -> str:
     values = {key: getattr(args, key) for key in CacheConfig.__dataclass_fields__ if hasattr(args, key)}
     if values.get("pretrained") == "none":
         values["pretrained"] = None
-    output = cache_features(CacheConfig(**values))
+    try:
+        output = cache_features(CacheConfig(**values))
+    except (OSError, SafetensorError) as error:  # safetensors reports a full disk in its own words
+        if not from_full_disk(error):
+            raise
+        kept = "" if values.get("overwrite") else " (it keeps the shards already written)"
+        raise DiskFull(Path(values["output"]), f"run the same command again{kept}") from None
     stored = read_complete_cache(output)
     size = sum(stored["shards"].values())
     return (

@@ -18,7 +18,11 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from longclip_diffusers.atomic import publish
+
+from .disk import DiskFull, from_full_disk
 
 STATE_FILE = "trainer_state.json"
 MANIFEST_FILE = "manifest.json"
@@ -49,12 +53,21 @@ def save_checkpoint(accelerator, output: Path, state: dict, keep: int) -> None:
     if accelerator.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
-    accelerator.wait_for_everyone()  # every process's RNG state is on disk before the manifest lists it
+    try:
+        accelerator.save_state(str(staging))
+        accelerator.wait_for_everyone()  # every process's RNG state is on disk before the manifest lists it
+        if accelerator.is_main_process:
+            (staging / STATE_FILE).write_text(json.dumps(state))
+            sizes = {str(p.relative_to(staging)): p.stat().st_size for p in sorted(staging.rglob("*")) if p.is_file()}
+            (staging / MANIFEST_FILE).write_text(json.dumps({"files": sizes}, indent=1))
+    except (RuntimeError, OSError, SafetensorError) as error:  # torch reports a full disk as a RuntimeError
+        full = from_full_disk(error, staging)  # before what was written of it is removed
+        if accelerator.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+        if not full:
+            raise
+        raise DiskFull(target) from None
     if accelerator.is_main_process:
-        (staging / STATE_FILE).write_text(json.dumps(state))
-        sizes = {str(p.relative_to(staging)): p.stat().st_size for p in sorted(staging.rglob("*")) if p.is_file()}
-        (staging / MANIFEST_FILE).write_text(json.dumps({"files": sizes}, indent=1))
         publish(staging, target, overwrite=True)
         for old in [c for c in checkpoints_in(output) if step_of(c) <= state["step"]][:-keep]:
             shutil.rmtree(old)

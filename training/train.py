@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -38,6 +39,7 @@ from .data import (
     read_records,
     write_skipped,
 )
+from .disk import DiskFull, from_full_disk
 from .feature_cache import CachedCaptionDataset, FeatureCache, check_cache_for_run
 from .loss import LongCLIPLoss
 from .model import FrozenRows, TrainingModel, build_model, open_clip_config
@@ -337,6 +339,12 @@ def _log(accelerator, output: Path, state: dict, losses: dict, scheduler) -> Non
 def run_train(args: argparse.Namespace) -> str:
     """`longclip train`: the run's outputs, in one line."""
     config = config_from_args(args)
-    output = train(config)
+    try:
+        output = train(config)
+    except (OSError, SafetensorError) as error:  # e.g. the final model, written by safetensors
+        if not from_full_disk(error):
+            raise
+        then = "run the same command again" if config.overwrite else "resume with the same command and --resume auto"
+        raise DiskFull(getattr(error, "path", Path(config.output)), then) from None
     final = "text encoder + tokenizer" if config.image_features else "CLIPModel"
     return f"trained: {output / 'final'} ({final}), {output / 'metrics.jsonl'}, {output / 'loss.png'}"

@@ -6,12 +6,17 @@ import hashlib
 import io
 import json
 import random
+import shlex
+import shutil
 import signal
+import subprocess
+import sys
 import tarfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from open_clip.model import CLIP
 from PIL import Image
@@ -153,3 +158,34 @@ def save_pretrained(path: Path, seed: int, config: dict = TINY_CONFIG) -> Path:
     torch.manual_seed(seed)
     save_file({key: value.contiguous() for key, value in CLIP(**config).state_dict().items()}, path)
     return path
+
+
+def on_a_nearly_full_disk(tmp_path: Path, room: int, first: list, then: list, keep: Path) -> dict:
+    """`longclip FIRST` on a disk with only `room` bytes free, then `longclip THEN` once space is freed; the exit
+    codes and error output of both, and the folder `keep` (on that disk) copied to `tmp_path / "kept"`.
+
+    The disk is real: a 256 MiB tmpfs mounted at `tmp_path / "disk"` in a mount namespace of its own (`unshare`),
+    filled but for `room` bytes by a file that is removed between the two commands. Skips where no such namespace
+    can be made."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    unshare = [shutil.which("unshare") or "unshare", "--mount", "--map-root-user"]
+    probe = subprocess.run([*unshare, "mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no tmpfs of its own can be mounted here: {probe.stderr.decode().strip()}")
+    longclip = [sys.executable, "-m", "longclip_diffusers"]
+    script = f"""
+        mount -t tmpfs -o size=256m tmpfs {shlex.quote(str(disk))} || exit 99
+        head -c {256 * 2**20 - room} /dev/zero > {shlex.quote(str(disk / "filler"))}
+        {shlex.join([*longclip, *map(str, first)])} 2> {tmp_path / "first.err"}; echo $? > {tmp_path / "first.rc"}
+        rm {shlex.quote(str(disk / "filler"))}
+        {shlex.join([*longclip, *map(str, then)])} 2> {tmp_path / "then.err"}; echo $? > {tmp_path / "then.rc"}
+        cp -r {shlex.quote(str(keep))} {tmp_path / "kept"}
+    """
+    result = subprocess.run([*unshare, "bash", "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {
+        f"{name}_{part}": (tmp_path / f"{name}.{part}").read_text().strip() if part == "err" else
+        int((tmp_path / f"{name}.{part}").read_text())
+        for name in ("first", "then") for part in ("rc", "err")
+    }  # fmt: skip

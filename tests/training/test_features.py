@@ -23,6 +23,7 @@ from helpers.training import (
     config_for,
     deadline,
     losses_of,
+    on_a_nearly_full_disk,
     one_line_error,
     run_cli,
     save_pretrained,
@@ -31,6 +32,7 @@ from helpers.training import (
     write_dataset,
 )
 from PIL import Image
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from longclip_diffusers.cli import main
@@ -424,6 +426,36 @@ def test_a_complete_cache_of_the_images_under_another_root_is_replaced_only_with
     code, _, err = run_cli(capsys, cache_args(data, cache_copy, images_root=elsewhere, overwrite=True))
     assert code == 0, err
     assert json.loads((cache_copy / "cache.json").read_text())["images_root"] == str(elsewhere)
+
+
+def test_a_full_disk_is_one_line_and_the_cache_is_finished_once_space_is_freed(data, cache, tmp_path):
+    """A real full disk (a tmpfs with 8 KiB left): safetensors fails with `SafetensorError: Error while
+    serializing: I/O error: No space left on device`; the user must read disk space. The same command, once space
+    is freed, finishes the cache as an uninterrupted run makes it."""
+    output = tmp_path / "disk/features"
+    result = on_a_nearly_full_disk(tmp_path, 8192, cache_args(data, output), cache_args(data, output), keep=output)
+    one_line_error(result["first_rc"], result["first_err"], f"No space left on the disk of {output}")
+    one_line_error(result["first_rc"], result["first_err"], "free some disk space, then run the same command again")
+    assert result["then_rc"] == 0, result["then_err"]
+    kept = tmp_path / "kept"
+    assert (kept / "skipped_images.txt").read_text() == (cache / "skipped_images.txt").read_text()
+    uninterrupted = shards_of(cache)
+    assert shards_of(kept).keys() == uninterrupted.keys()
+    for name, shard in shards_of(kept).items():
+        assert torch.equal(shard["indices"], uninterrupted[name]["indices"]), name
+        torch.testing.assert_close(shard["features"], uninterrupted[name]["features"], atol=1e-6, rtol=0)
+
+
+def test_a_shard_write_failing_for_disk_space_is_one_line(data, tmp_path, capsys, monkeypatch):
+    """The same failure where no tmpfs can be mounted: the shard writer raises what safetensors raises on a full
+    disk (its message copied from a real one)."""
+
+    def full(*_, **__):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(feature_cache, "save_file", full)
+    code, _, err = run_cli(capsys, cache_args(data, tmp_path / "features"))
+    one_line_error(code, err, f"No space left on the disk of {tmp_path / 'features'}", "run the same command again")
 
 
 def test_a_folder_of_other_files_or_a_file_is_not_made_a_cache(data, tmp_path, capsys):

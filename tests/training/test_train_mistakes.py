@@ -15,6 +15,7 @@ import torch
 from helpers.training import (
     config_for,
     losses_of,
+    on_a_nearly_full_disk,
     one_line_error,
     run_cli,
     snapshot,
@@ -22,6 +23,7 @@ from helpers.training import (
     write_dataset,
     write_shards,
 )
+from safetensors.torch import load_file
 
 from longclip_diffusers.cli import main
 from longclip_diffusers.training import train as training_module
@@ -162,6 +164,30 @@ def test_an_overwrite_that_fails_while_running_puts_the_earlier_run_back(data, r
         train(config_for(data, run_copy, epochs=1, save_every=1, overwrite=True))
     assert snapshot(run_copy) == before
     assert not [p for p in run_copy.iterdir() if p.name.startswith(".")]
+
+
+def test_a_full_disk_is_one_line_and_the_run_resumes_identically_once_space_is_freed(data, finished, tmp_path):
+    """A real full disk (a tmpfs): checkpoint step_2 (41 MB) fits in the 64 MB left, step_4 does not. torch then
+    fails with `RuntimeError: [enforce fail at inline_container.cc] . unexpected pos`; the user must read disk space,
+    and the partial checkpoint must not stay behind. After freeing space, `--resume auto` ends as an uninterrupted
+    run does."""
+    run, settings = tmp_path / "disk/run", {"epochs": 2, "save_every": 2}  # those of `finished`
+    first, then = train_args(data, run, **settings), train_args(data, run, resume="auto", **settings)
+    result = on_a_nearly_full_disk(tmp_path, 64 * 2**20, first, then, keep=run)
+    one_line_error(
+        result["first_rc"], result["first_err"], f"No space left on the disk of {run / 'checkpoints/step_4'}"
+    )
+    one_line_error(result["first_rc"], result["first_err"], "free some disk space", "--resume auto")
+    assert result["then_rc"] == 0, result["then_err"]
+    kept = tmp_path / "kept"
+    assert losses_of(kept) == losses_of(finished)  # bit for bit
+    assert sorted(p.name for p in (kept / "checkpoints").iterdir()) == ["step_2", "step_4"]  # no .tmp-step_4 left
+    trained, uninterrupted = (
+        load_file(kept / "final/model.safetensors"),
+        load_file(finished / "final/model.safetensors"),
+    )
+    assert trained.keys() == uninterrupted.keys()
+    assert all(torch.equal(trained[key], uninterrupted[key]) for key in trained)
 
 
 def test_resume_and_overwrite_exclude_each_other(data, tmp_path, capsys):
