@@ -6,7 +6,10 @@ features) with its text positions stretched, as one training forward, and the ro
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -55,9 +58,11 @@ def build_model(config: TrainConfig, cache: dict | None = None) -> tuple[nn.Modu
         check_image_tower(config, cache or read_complete_cache(config.image_features), image_tower)
         del image_tower  # read only to check that it is the cache's
     else:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=config.pretrained if is_tag else None
-        )
+        loads_later = bool(config.pretrained) and not is_tag
+        with _quiet_about_random_weights(loads_later):  # the weights are loaded just after
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=config.pretrained if is_tag else None
+            )
         if config.pretrained and not is_tag:
             _load_weights(model, config.pretrained, config.model, config.keep, config.ratio)
     if model.positional_embedding.shape[0] == model_cfg["text_cfg"].get("context_length", 77):
@@ -73,11 +78,33 @@ def build_model(config: TrainConfig, cache: dict | None = None) -> tuple[nn.Modu
     return model, preprocess, model_cfg
 
 
+@contextmanager
+def _quiet_about_random_weights(enabled: bool) -> Iterator[None]:
+    """Leave out open_clip's "Model initialized randomly" warning (it logs on the root logger) while `enabled`."""
+
+    def not_about_random_weights(record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+    root = logging.getLogger()
+    if enabled:
+        root.addFilter(not_about_random_weights)
+    try:
+        yield
+    finally:
+        root.removeFilter(not_about_random_weights)
+
+
 def _load_weights(model: nn.Module, source: str, architecture: str, keep: int, ratio: int) -> dict[str, torch.Tensor]:
     """Load any checkpoint `longclip convert` reads into the open_clip model of `architecture` (--model; stretching
     the model first if the checkpoint is long); return the checkpoint's image-tower tensors, not loaded, for a model
     without an image tower."""
     checkpoint = load_checkpoint(source, open_clip_model=architecture)
+    if hasattr(model, "visual") and not checkpoint.has_vision:
+        raise ValueError(
+            f"--pretrained {source}: a text encoder without an image tower (such as the final/ of a `train "
+            "--image-features` run), and training needs both towers' weights; start from the checkpoint that run "
+            "started from, or continue that run with --resume and its checkpoints/step_N."
+        )
     sd = canonical_to_openai(checkpoint.state_dict)
     not_loaded = {} if hasattr(model, "visual") else {k: sd.pop(k) for k in [k for k in sd if k.startswith("visual.")]}
     if sd["positional_embedding"].shape[0] != model.positional_embedding.shape[0]:

@@ -22,6 +22,7 @@ from longclip_diffusers.writing import save_clip, save_diffusers
 
 from .config import TrainConfig
 from .data import SKIPPED_FILE, is_shard_pattern
+from .feature_cache import CACHE_FILE
 
 TRACKER_RUN = "longclip"  # accelerate's trackers log under OUT/longclip
 RUN_FILES = ("config.json", "metrics.jsonl", SKIPPED_FILE, "loss.png", "final", "checkpoints", TRACKER_RUN)
@@ -42,6 +43,11 @@ def check_output(config: TrainConfig) -> None:
     output = Path(config.output)
     if output.exists() and not output.is_dir():
         raise NotADirectoryError(f"--output {output}: is a file; training writes a folder.")
+    if (output / CACHE_FILE).is_file():
+        raise FileExistsError(
+            f"--output {output}: an image-feature cache ({CACHE_FILE}), not a training run; train on it with "
+            f"--image-features {output} and write the run to another --output."
+        )
     found = earlier_run(output)
     if not found or config.overwrite:
         return

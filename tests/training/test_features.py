@@ -458,6 +458,15 @@ def test_a_shard_write_failing_for_disk_space_is_one_line(data, tmp_path, capsys
     one_line_error(code, err, f"No space left on the disk of {tmp_path / 'features'}", "run the same command again")
 
 
+def test_a_training_run_into_a_cache_folder_is_refused_as_such(data, cache_copy, capsys):
+    before = snapshot(cache_copy)
+    for flags in ({}, {"overwrite": True}):
+        code, _, err = run_cli(capsys, train_args(data, cache_copy, **flags))
+        one_line_error(code, err, "an image-feature cache (cache.json), not a training run", "--image-features")
+        assert "earlier training run" not in err
+    assert snapshot(cache_copy) == before
+
+
 def test_a_folder_of_other_files_or_a_file_is_not_made_a_cache(data, tmp_path, capsys):
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos/holiday.jpg").write_bytes(b"mine")

@@ -165,6 +165,14 @@ def test_sd2_gets_the_long_h_one_layer_short_reading_the_penultimate_layer(h_run
     assert image.shape == (1, 64, 64, 3) and bool(torch.isfinite(torch.from_numpy(image)).all())
 
 
+def test_a_text_only_final_as_pretrained_is_named_as_what_it_is(data, bigg_run, tmp_path, capsys):
+    args = ["train", "--train-data", data / "train.jsonl", "--model", data / "bigg.json", "--output", tmp_path / "run"]
+    code, _, err = run_cli(capsys, [*args, "--pretrained", bigg_run / "final"])
+    one_line_error(code, err, "a text encoder without an image tower", "train --image-features", "--resume")
+    assert "open_clip architecture" not in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_sd2_conversion_refuses_what_it_cannot_make(h_run, tmp_path, capsys):
     code, _, err = run_cli(capsys, ["convert", h_run / "final", tmp_path / "a.safetensors", "--sd2", "--to", "comfyui"])
     one_line_error(code, err, "--sd2 writes SD 2.x's text encoder", "--to diffusers")

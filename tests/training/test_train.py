@@ -182,12 +182,15 @@ def test_corrupt_and_missing_images_are_listed_once_by_name(tmp_path, capsys):
     assert (output / "final/model.safetensors").exists()
 
 
-def test_pretrained_published_checkpoint_is_loaded_exactly(published_pt, tmp_path):
+def test_pretrained_published_checkpoint_is_loaded_exactly(published_pt, tmp_path, caplog):
     from conftest import TINY_OPEN_CLIP_CONFIG
 
     path, reference = published_pt
     (tmp_path / "arch.json").write_text(json.dumps(TINY_OPEN_CLIP_CONFIG))
     model, _, _ = build_model(TrainConfig(model=str(tmp_path / "arch.json"), pretrained=str(path)))
+    assert not [r for r in caplog.records if "initialized randomly" in r.getMessage()]  # the weights were loaded
+    build_model(TrainConfig(model=str(tmp_path / "arch.json"), pretrained=None))
+    assert [r for r in caplog.records if "initialized randomly" in r.getMessage()]  # true there: still said
     expected = reference.state_dict()
     for name, value in model.state_dict().items():
         if name not in ("attn_mask", "logit_scale"):
