@@ -408,6 +408,7 @@ def _record_fields(where: str, row: dict) -> tuple[str, str, str | None]:
 
 
 SKIPPED_FILE = "skipped_images.txt"  # the images a run (or a cache) could not use, one `name: reason` a line
+DAMAGED_ARCHIVE = "cut short (a damaged archive)"  # the last sample of a tar shard that ends mid-way
 
 
 class UnusableSample(Exception):
@@ -617,15 +618,20 @@ class TarShardDataset(IterableDataset):
 _SAMPLE_MEMBER = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's KEY.SUFFIX: KEY ends at the name's 1st dot
 
 
-def _tar_samples(shard: str, skip: int = 0) -> Iterator[tuple[str, dict[str, bytes]]]:
+def _tar_samples(shard: str, skip: int = 0) -> Iterator[tuple[str, dict[str, bytes] | None]]:
     """(key, {suffix: bytes}) of each sample of a webdataset tar, in archive order, read one sample at a time.
 
     A sample's members are adjacent, as webdataset writes them. The first `skip` samples are passed over by
-    their headers: their data is never read.
+    their headers: their data is never read. An archive cut short (a download or copy that stopped) gives its
+    last sample as (key, None): its members may have gone on past the cut.
     """
     try:
-        with tarfile.open(shard) as archive:
-            key, parts, index = None, {}, -1
+        archive = tarfile.open(shard)
+    except (tarfile.TarError, OSError) as error:
+        raise ValueError(f"{shard}: not a readable tar file ({error}).") from None
+    with archive:
+        key, parts, index = None, {}, -1
+        try:
             for member in archive:
                 archive.members = []  # tarfile keeps every header it reads: memory would grow with the shard
                 match = _SAMPLE_MEMBER.match(member.name)
@@ -637,13 +643,25 @@ def _tar_samples(shard: str, skip: int = 0) -> Iterator[tuple[str, dict[str, byt
                     key, parts, index = match.group(1), {}, index + 1
                 if index >= skip:
                     parts[match.group(2).lower()] = archive.extractfile(member).read()
-            if key is not None and index >= skip:
-                yield key, parts
-    except (tarfile.TarError, OSError) as error:
-        raise ValueError(f"{shard}: not a readable tar file ({error}).") from None
+            intact = _ends_as_an_archive(archive)
+        except (tarfile.TarError, OSError, EOFError) as error:  # cut short inside a member
+            if key is None:
+                raise ValueError(f"{shard}: not a readable tar file ({error}).") from None
+            intact = False
+        if key is not None and index >= skip:
+            yield key, parts if intact else None
 
 
-def _shard_sample(key: str, parts: dict[str, bytes]) -> tuple[bytes, Record]:
+def _ends_as_an_archive(archive: tarfile.TarFile) -> bool:
+    """Whether the archive's last member is followed by the zero block that ends a tar (tarfile stops without a
+    word at a file that ends, or breaks, between two members)."""
+    archive.fileobj.seek(archive.offset)
+    return archive.fileobj.read(tarfile.BLOCKSIZE) == tarfile.NUL * tarfile.BLOCKSIZE
+
+
+def _shard_sample(key: str, parts: dict[str, bytes] | None) -> tuple[bytes, Record]:
+    if parts is None:
+        raise UnusableSample(DAMAGED_ARCHIVE)
     image = next((parts[s[1:]] for s in IMAGE_SUFFIXES if s[1:] in parts), None)
     if image is None:
         raise UnusableSample("missing")

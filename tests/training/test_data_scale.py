@@ -112,6 +112,32 @@ def test_members_of_a_sample_are_grouped_by_webdataset_keys(tmp_path):
     assert [key for key, _ in data._tar_samples(str(shard), skip=2)] == ["c"]
 
 
+@pytest.mark.parametrize("cut", ["inside-a-member", "between-members", "between-samples"])
+def test_a_tar_shard_cut_short_names_its_last_sample_a_damaged_archive(tmp_path, cut):
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as archive:
+        for index, key in enumerate("abc"):
+            add_member(archive, f"{key}.png", png(index))
+            add_member(archive, f"{key}.txt", f"Picture {key}.".encode())
+    with tarfile.open(shard) as archive:
+        offsets = {member.name: (member.offset, member.offset_data) for member in archive}
+    end = {
+        "inside-a-member": offsets["c.png"][1] + 100,  # c.png's data stops short
+        "between-members": offsets["c.txt"][0],  # c.png whole, its caption gone
+        "between-samples": offsets["c.png"][0],  # b whole as far as anything can tell, c gone
+    }[cut]
+    shard.write_bytes(shard.read_bytes()[:end])
+    last = "b" if cut == "between-samples" else "c"
+    samples = list(data._tar_samples(str(shard)))
+    assert [key for key, _ in samples] == (["a", "b"] if last == "b" else ["a", "b", "c"])
+    assert samples[-1][1] is None and all(parts for _, parts in samples[:-1])
+    streamed = list(TarShardDataset([str(shard)], pixel_builder()))
+    assert [entry for sample in streamed for entry in sample["skipped"]] == [
+        (f"{shard}:{last}", "cut short (a damaged archive)")
+    ]
+    assert sum("image" in sample for sample in streamed) == (1 if last == "b" else 2)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Tar shards: exact resume positions
 # ----------------------------------------------------------------------------------------------------------
