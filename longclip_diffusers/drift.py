@@ -244,6 +244,13 @@ def measure_drift(
     return results
 
 
+def drift_summary(reference: DriftEncoder, model: DriftEncoder, **options: Any) -> dict[str, dict[str, float | None]]:
+    """The headline numbers per family (`SUMMARY_KEYS`, no by-position curve), as `longclip eval` reports them;
+    `options` as in `measure_drift`."""
+    results = measure_drift(reference, model, **options)
+    return {family: {key: drift.summary()[key] for key in SUMMARY_KEYS} for family, drift in results.items()}
+
+
 def read_prompt_file(path: str | os.PathLike) -> list[str]:
     """One prompt per line (blank lines skipped)."""
     path = Path(path)

@@ -161,3 +161,32 @@ def test_pairs_that_cannot_be_compared_are_refused_in_one_line(tiny_components, 
     long_prompts.write_text("")
     code = main(["drift", "--reference", "x", "--model", "y", "--prompts", str(long_prompts)])
     assert code == 1 and "holds no prompts" in capsys.readouterr().err
+
+
+def test_eval_reports_drift_beside_retrieval(tiny_components, tmp_path):
+    from PIL import Image
+
+    from longclip_diffusers.tiny import tiny_clip_model
+    from longclip_diffusers.training.benchmarks import load_jsonl
+    from longclip_diffusers.training.evaluate import EvalModel, evaluate
+
+    tiny_clip_model(0).save_pretrained(tmp_path / "clip")  # the CLIP `longclip-l` was stretched from
+    for index, colour in enumerate(("red", "blue")):
+        Image.new("RGB", (32, 32), colour).save(tmp_path / f"{index}.png")
+    lines = [json.dumps({"image": f"{i}.png", "caption": f"a {c} square"}) for i, c in enumerate(("red", "blue"))]
+    (tmp_path / "set.jsonl").write_text("\n".join(lines) + "\n")
+    models = {"long": tiny_components / "longclip-l", "clip": EvalModel(tmp_path / "clip", max_length=77)}
+    report = evaluate(
+        models, {"set": load_jsonl(tmp_path / "set.jsonl")}, tmp_path / "out", drift_reference=tmp_path / "clip"
+    )
+    expected = measure_drift(
+        load_drift_encoder(tmp_path / "clip"), load_drift_encoder(tiny_components / "longclip-l"), progress=False
+    )
+    assert list(report["drift"]["models"]) == ["long"]  # a 77-token baseline has no drift to report
+    for family, summary in report["drift"]["models"]["long"].items():
+        assert summary == {key: expected[family].summary()[key] for key in SUMMARY_KEYS}
+    written = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert written["drift"] == report["drift"] and "set" in written["results"]["long"]
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    sd15 = report["drift"]["models"]["long"]["sd15"]
+    assert f"| long | sd15 | {sd15['real_tokens_rel_l2']:.4f} | {sd15['real_tokens_cosine']:.4f} |" in markdown
