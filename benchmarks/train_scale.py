@@ -97,8 +97,8 @@ def build(size: str, variant: str) -> torch.nn.Module:
     import open_clip
 
     from longclip_diffusers.stretch import stretch_model
-    from longclip_diffusers.training.features import TextCLIP
-    from longclip_diffusers.training.train import TrainConfig, build_model
+    from longclip_diffusers.training.config import TrainConfig
+    from longclip_diffusers.training.model import TextCLIP, build_model
 
     if variant == "cached":  # build_model's --image-features branch, without a cache to check weights against
         model = stretch_model(TextCLIP(open_clip.get_model_config(SIZES[size])))
@@ -114,8 +114,9 @@ def build(size: str, variant: str) -> torch.nn.Module:
 
 def make_step(model: torch.nn.Module, variant: str, batch: dict) -> Callable[[], torch.Tensor]:
     """One training step of `variant` on `model` with its own AdamW; returns the loss."""
+    from longclip_diffusers.training.config import TrainConfig
     from longclip_diffusers.training.loss import LongCLIPLoss
-    from longclip_diffusers.training.train import FrozenRows, TrainConfig, TrainingModel
+    from longclip_diffusers.training.model import FrozenRows, TrainingModel
 
     defaults = TrainConfig()
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -180,7 +181,7 @@ def text_only_view(clip: torch.nn.Module) -> torch.nn.Module:
     """`TextCLIP` holding `clip`'s own text tower and logit scale: one copy of the weights for the timed variants."""
     import open_clip
 
-    from longclip_diffusers.training.features import TextCLIP
+    from longclip_diffusers.training.model import TextCLIP
 
     text = TextCLIP(open_clip.get_model_config("ViT-B-32"))  # small; its modules are replaced by clip's
     shared = ("transformer", "token_embedding", "positional_embedding", "ln_final", "text_projection", "logit_scale")
@@ -241,7 +242,7 @@ def count(size: str, variant: str, batch_size: int) -> dict[str, float]:
     from open_clip.model import CLIP
 
     from longclip_diffusers.stretch import stretch_model
-    from longclip_diffusers.training.features import TextCLIP
+    from longclip_diffusers.training.model import TextCLIP
 
     config = open_clip.get_model_config(SIZES[size])
     batch = make_batch(batch_size, config["embed_dim"], torch.float32)

@@ -10,7 +10,7 @@ What is measured
   writes them. All variants read the same tensors.
 - `plain`: open_clip's contrastive step: `model(images, long_text)`, `open_clip.loss.ClipLoss`, backward,
   AdamW step, zero_grad.
-- `ours`: the trainer's step (`training.train`), with its own objects: `TrainingModel(clip)` forward (image
+- `ours`: the trainer's step (`training.train`), its objects (`training.model`): `TrainingModel(clip)` forward (image
   features, then each text batch cut after its last end-of-text token by `encode_text_cut` and encoded
   separately: 64 x longest-long + 64 x longest-short text tokens),
   `LongCLIPLoss(pca_components=32, pca_scope="local")(*features)` (PCA of the image features, gathered losses -
@@ -109,7 +109,8 @@ def make_batch(seed: int = 1) -> dict[str, torch.Tensor]:
 
 def build(variant: str, config_dir: Path):
     """The model (from seed 0, via the trainer's `build_model`) and the trainer's config for `variant`."""
-    from longclip_diffusers.training.train import TrainConfig, build_model
+    from longclip_diffusers.training.config import TrainConfig
+    from longclip_diffusers.training.model import build_model
 
     config_file = config_dir / f"{CONFIG_NAME}.json"
     if not config_file.is_file():
@@ -142,7 +143,7 @@ def make_step(variant: str, batch: dict, config_dir: Path) -> Callable[[], float
     from open_clip.loss import ClipLoss
 
     from longclip_diffusers.training.loss import LongCLIPLoss
-    from longclip_diffusers.training.train import FrozenRows, TrainingModel
+    from longclip_diffusers.training.model import FrozenRows, TrainingModel
 
     clip, config = build(variant, config_dir)
     parameters = [p for p in clip.parameters() if p.requires_grad]
@@ -188,7 +189,7 @@ def check_cut(batch: dict, config_dir: Path) -> dict[str, float | int]:
     """`TrainingModel` (cut) against the uncut forward on one model: feature and loss differences, text
     tokens read."""
     from longclip_diffusers.training.loss import LongCLIPLoss
-    from longclip_diffusers.training.train import TrainingModel
+    from longclip_diffusers.training.model import TrainingModel
 
     clip, _ = build("ours", config_dir)
     criterion = LongCLIPLoss(pca_components=32, pca_scope="local")

@@ -125,13 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     generate_parser.add_argument("--out", required=True, help="image file to write (.png, .webp, .jpg, ...)")
     generate_parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
-    from longclip_diffusers.training.train import add_train_arguments
+    from longclip_diffusers.training.config import add_train_arguments
 
     add_train_arguments(
         commands.add_parser("train", help="fine-tune a Long-CLIP (stretching + primary component matching)")
     )
 
-    from longclip_diffusers.training.features import add_cache_arguments
+    from longclip_diffusers.training.cache_features import add_cache_arguments
 
     add_cache_arguments(
         commands.add_parser(
@@ -204,7 +204,7 @@ def run(args: argparse.Namespace) -> str:
 
         return run_drift(args)
     if args.command == "cache-features":
-        from longclip_diffusers.training.features import run_cache_features
+        from longclip_diffusers.training.cache_features import run_cache_features
 
         return run_cache_features(args)
     out = convert(

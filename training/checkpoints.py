@@ -61,7 +61,7 @@ def save_checkpoint(accelerator, output: Path, state: dict, keep: int) -> None:
     accelerator.wait_for_everyone()
 
 
-def read_checkpoint(folder: Path) -> dict:
+def read_checkpoint_state(folder: Path) -> dict:
     """The trainer state of an intact checkpoint; `DamagedCheckpoint` says what is wrong with any other."""
     manifest = _read_json(folder / MANIFEST_FILE)
     if manifest is None:
@@ -83,13 +83,13 @@ def read_checkpoint(folder: Path) -> dict:
 
 
 def newest_intact_checkpoint(output: Path, warn: Callable[[str], None]) -> tuple[Path, dict] | None:
-    """The newest checkpoint of `output` that `read_checkpoint` accepts, with its state; each damaged one passed
+    """The newest checkpoint of `output` that `read_checkpoint_state` accepts, with its state; each damaged one passed
     over is `warn`ed about. None when the run has no checkpoint; an error when none of them is intact."""
     checkpoints = checkpoints_in(output)
     problems = []
     for folder in reversed(checkpoints):
         try:
-            return folder, read_checkpoint(folder)
+            return folder, read_checkpoint_state(folder)
         except DamagedCheckpoint as problem:
             warn(f"{problem}: passed over")
             problems.append(str(problem))
@@ -114,7 +114,7 @@ def resume_checkpoint(resume: str) -> tuple[Path, dict]:
             f"--resume {resume}: no such checkpoint folder; pass a run's checkpoints/step_N folder, or 'auto' for "
             "the newest in --output."
         )
-    return folder, read_checkpoint(folder)
+    return folder, read_checkpoint_state(folder)
 
 
 def _read_json(path: Path) -> object | None:

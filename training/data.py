@@ -599,7 +599,7 @@ class TarShardDataset(IterableDataset):
         for shard_index in range(first_shard, len(mine)):
             shard = mine[shard_index]
             skip = consumed if shard_index == first_shard else 0
-            for sample_index, (key, parts) in enumerate(_read_shard(shard, skip), start=skip + 1):
+            for sample_index, (key, parts) in enumerate(_tar_samples(shard, skip), start=skip + 1):
                 position = (worker_id, shard_index, sample_index)
                 try:
                     image_bytes, record = _shard_sample(key, parts)
@@ -617,7 +617,7 @@ class TarShardDataset(IterableDataset):
 _SAMPLE_MEMBER = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's KEY.SUFFIX: KEY ends at the name's 1st dot
 
 
-def _read_shard(shard: str, skip: int = 0) -> Iterator[tuple[str, dict[str, bytes]]]:
+def _tar_samples(shard: str, skip: int = 0) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {suffix: bytes}) of each sample of a webdataset tar, in archive order, read one sample at a time.
 
     A sample's members are adjacent, as webdataset writes them. The first `skip` samples are passed over by

@@ -1,6 +1,6 @@
 """Retrieval and zero-shot evaluation of (Long-)CLIP models: what `longclip eval` runs.
 
-The benchmarks are read by `benchmarks.py`, scored by `metrics.py` and reported by `report.py`; this module loads
+The evaluation sets are read by `eval_sets.py`, scored by `metrics.py` and reported by `report.py`; this module loads
 the models, encodes the images and captions, and runs every model on every benchmark.
 
 Models load through the library's `load_checkpoint` + `build_clip_model`, so every layout `longclip convert`
@@ -35,7 +35,8 @@ from longclip_diffusers.text_encoder import build_clip_model
 from longclip_diffusers.tokenizer import LongCLIPTokenizer
 from longclip_diffusers.writing import CLIP_IMAGE_MEAN, CLIP_IMAGE_STD
 
-from .benchmarks import (
+from .data import UnusableSample, load_image, read_json_file
+from .eval_sets import (
     SIMPLE_TEMPLATES,
     RetrievalSet,
     ZeroShotSet,
@@ -50,7 +51,6 @@ from .benchmarks import (
     read_class_names,
     read_templates,
 )
-from .data import UnusableSample, load_image, read_json_file
 from .metrics import ZERO_SHOT_KS, retrieval_metrics, top_k_accuracy
 from .report import RESULT_FILES, write_results
 

@@ -1,44 +1,32 @@
 """Long-CLIP fine-tuning with accelerate: stretched positions + primary component matching (`longclip train`).
 
-One process or many (`accelerate launch`, DDP, multi-node); every default is the published recipe: AdamW
-lr 1e-6, betas (0.9, 0.999), eps 1e-8, weight decay 0.01 on every parameter, 200 warm-up steps then cosine to
-0, label smoothing 0.1, `logit_scale` re-initialised to ln(100), 32 primary components, 1:1 loss weights, the
-first 20 position rows frozen. Checkpoints are written atomically and checked before resuming (`checkpoints.py`);
-`--resume` continues exactly. An earlier run in `--output` is never replaced unless `--overwrite` asks for it.
+One process or many (`accelerate launch`, DDP, multi-node). A run is planned (`plan_run`: its folder, the
+checkpoint it resumes, the feature cache it reads, all checked before anything is built), then trained: the
+model (`model.py`), its batches (`build_loader`), the loss (`loss.py`), AdamW with warm-up and cosine decay, and
+checkpoints written atomically (`checkpoints.py`); `--resume` continues exactly. Its outputs go to the run folder
+(`run_folder.py`).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from longclip_diffusers.arguments import integer, real
-from longclip_diffusers.atomic import atomic_output, atomic_write, replace_when_done
-from longclip_diffusers.formats import (
-    CLIP_EOS_TOKEN_ID,
-    canonical_to_openai,
-    checkpoint_from_state_dict,
-    load_checkpoint,
-)
-from longclip_diffusers.stretch import DEFAULT_KEEP, DEFAULT_RATIO, stretch_model
+from longclip_diffusers.atomic import atomic_write, replace_when_done
 from longclip_diffusers.tokenizer import LongCLIPTokenizer
-from longclip_diffusers.writing import save_clip, save_diffusers
 
 from .checkpoints import newest_intact_checkpoint, resume_checkpoint, save_checkpoint
+from .config import TrainConfig, config_from_args
 from .data import (
-    SKIPPED_FILE,
     CaptionDataset,
     SampleBuilder,
     StreamPosition,
@@ -50,199 +38,46 @@ from .data import (
     read_records,
     write_skipped,
 )
-from .features import (
-    CachedCaptionDataset,
-    FeatureCache,
-    TextCLIP,
-    cached_features,
-    check_cache_for_run,
-    check_image_tower,
-    pretrained_file,
-)
+from .feature_cache import CachedCaptionDataset, FeatureCache, check_cache_for_run
 from .loss import LongCLIPLoss
+from .model import FrozenRows, TrainingModel, build_model, open_clip_config
+from .run_folder import (
+    TRACKER_RUN,
+    append_metrics,
+    check_output,
+    check_resumed_settings,
+    earlier_run,
+    export_final,
+    plot_losses,
+    truncate_metrics,
+)
 
 logger = logging.getLogger(__name__)
-TRACKER_RUN = "longclip"  # accelerate's trackers log under OUT/longclip
-RUN_FILES = ("config.json", "metrics.jsonl", SKIPPED_FILE, "loss.png", "final", "checkpoints", TRACKER_RUN)
-# Settings a resumed run may change: none of them changes what the run computes.
-RESUMABLE_CHANGES = (
-    "output", "resume", "overwrite", "workers", "save_every", "keep_checkpoints", "log_every", "report_to",
-    "grad_checkpointing",
-)  # fmt: skip
 
 
 @dataclass
-class TrainConfig:
-    """Everything a run depends on; saved beside its checkpoints. Defaults: the published recipe."""
+class RunPlan:
+    """What a run starts from, found before anything is built: the checkpoint it resumes (folder and trainer
+    state; None: step 0) and the description of the image-feature cache it trains on (None: the images)."""
 
-    train_data: str = ""
-    output: str = "longclip-run"
-    model: str = "ViT-L-14"
-    pretrained: str | None = "openai"
-    images_root: str | None = None
-    keep: int = DEFAULT_KEEP
-    ratio: int = DEFAULT_RATIO
-    pca_components: int = 32
-    pca_scope: str = "local"
-    fine_weight: float = 1.0
-    coarse_weight: float = 1.0
-    label_smoothing: float = 0.1
-    short_captions: str = "first-sentence"
-    batch_size: int = 128  # per device; the published run: 128 x 16 GPUs
-    epochs: int = 6
-    max_steps: int | None = None
-    lr: float = 1e-6
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 0.01
-    warmup_steps: int = 200
-    grad_accum: int = 1
-    mixed_precision: str = "no"
-    grad_checkpointing: bool = False
-    freeze: list[str] = field(default_factory=list)  # "vision" and/or "text"
-    image_features: str | None = None  # a `cache-features` folder: the text tower trains alone (features.py)
-    workers: int = 4
-    seed: int = 0
-    save_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    resume: str | None = None
-    overwrite: bool = False  # replace an earlier run in `output` (its files only)
-    report_to: str = field(default_factory=lambda: "tensorboard" if importlib.util.find_spec("tensorboard") else "none")
+    resume: tuple[Path, dict] | None
+    cache: dict | None
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Model
-# ----------------------------------------------------------------------------------------------------------
-
-
-def open_clip_config(model: str) -> tuple[str, dict]:
-    """The open_clip name and config of --model: a model name, or a model-config JSON (registered under its name)."""
-    import open_clip
-
-    name = model
-    if Path(name).is_file():
-        open_clip.add_model_config(Path(name))
-        name = Path(name).stem
-    model_cfg = open_clip.get_model_config(name)
-    if model_cfg is None:
-        raise ValueError(f"--model {model!r}: not an open_clip model name or model-config JSON file.")
-    return name, model_cfg
-
-
-def build_model(config: TrainConfig) -> tuple[nn.Module, object, dict]:
-    """The open_clip model (text tower stretched), its image transform, and its open_clip config. With
-    --image-features, the text tower alone (`TextCLIP`): no image-tower weights are built or kept."""
-    import open_clip
-
-    name, model_cfg = open_clip_config(config.model)
-    is_tag = config.pretrained and not Path(config.pretrained).exists() and "/" not in config.pretrained
-    if is_tag and config.pretrained not in open_clip.list_pretrained_tags_by_model(name):
-        tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
-        raise ValueError(
-            f"--pretrained {config.pretrained}: neither a file nor a pretrained tag open_clip has for {name} "
-            f"(its tags: {tags}); check the spelling, or pass 'none' for random weights."
-        )
-    if config.image_features:
-        model, preprocess = TextCLIP(model_cfg), cached_features
-        source = pretrained_file(name, config.pretrained) if is_tag else config.pretrained
-        image_tower = _load_weights(model, source, config.model, config.keep, config.ratio) if source else {}
-        check_image_tower(config, image_tower)
-        del image_tower  # read only to check that it is the cache's
-    else:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=config.pretrained if is_tag else None
-        )
-        if config.pretrained and not is_tag:
-            _load_weights(model, config.pretrained, config.model, config.keep, config.ratio)
-    if model.positional_embedding.shape[0] == model_cfg["text_cfg"].get("context_length", 77):
-        stretch_model(model, config.keep, config.ratio)
-    with torch.no_grad():
-        model.logit_scale.fill_(math.log(100.0))
-    if config.grad_checkpointing:
-        model.set_grad_checkpointing(True)
-    for parameter_name, parameter in model.named_parameters():
-        tower = "vision" if parameter_name.startswith("visual.") else "text"
-        if tower in config.freeze and parameter_name != "logit_scale":
-            parameter.requires_grad_(False)
-    return model, preprocess, model_cfg
-
-
-def _load_weights(model: nn.Module, source: str, architecture: str, keep: int, ratio: int) -> dict[str, torch.Tensor]:
-    """Load any checkpoint `longclip convert` reads into the open_clip model of `architecture` (--model; stretching
-    the model first if the checkpoint is long); return the checkpoint's image-tower tensors, not loaded, for a model
-    without an image tower."""
-    checkpoint = load_checkpoint(source, open_clip_model=architecture)
-    sd = canonical_to_openai(checkpoint.state_dict)
-    not_loaded = {} if hasattr(model, "visual") else {k: sd.pop(k) for k in [k for k in sd if k.startswith("visual.")]}
-    if sd["positional_embedding"].shape[0] != model.positional_embedding.shape[0]:
-        stretch_model(model, keep, ratio)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [key for key in missing if key != "attn_mask"]
-    if missing or unexpected:
-        raise ValueError(
-            f"{source}: does not fit --model (missing {missing[:5]}, unexpected {unexpected[:5]}); pass the "
-            "open_clip architecture the checkpoint was trained with."
-        )
-    return not_loaded
-
-
-def encode_text_cut(model: nn.Module, text: torch.Tensor) -> torch.Tensor:
-    """open_clip's `encode_text(normalize=True)` on the batch cut after its last end-of-text token.
-
-    Exact: the text attention is causal and features are read at the end-of-text token, so padding after it
-    never changes them. Short captions (about 30 tokens) then cost an eighth of a 248-token pass.
-    """
-    length = int((text == CLIP_EOS_TOKEN_ID).int().argmax(dim=-1).max()) + 1
-    text = text[:, :length]
-    cast_dtype = model.transformer.get_cast_dtype()
-    x = model.token_embedding(text).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
-    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-    x = model.ln_final(x)
-    pooled = x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)]  # the end-of-text token
-    projected = (
-        model.text_projection(pooled)
-        if isinstance(model.text_projection, nn.Linear)
-        else pooled @ model.text_projection
-    )
-    return F.normalize(projected, dim=-1)
-
-
-class TrainingModel(nn.Module):
-    """The open_clip model as one training forward (one DDP forward per step): image features, long and short
-    caption features, each text batch cut to its longest caption, and the logit scale."""
-
-    def __init__(self, clip: nn.Module):
-        super().__init__()
-        if not hasattr(clip, "token_embedding"):
-            raise ValueError(f"{type(clip).__name__}: training needs an open_clip CLIP with its own text tower.")
-        self.clip = clip
-
-    def forward(self, images: torch.Tensor, long_text: torch.Tensor, short_text: torch.Tensor):
-        image_features = self.clip.encode_image(images, normalize=True)
-        long_features = encode_text_cut(self.clip, long_text)
-        short_features = encode_text_cut(self.clip, short_text)
-        return image_features, long_features, short_features, self.clip.logit_scale.exp()
-
-
-class FrozenRows:
-    """Keeps rows 0..keep-1 of the text position table bit-identical: no gradient, and restored after each
-    optimizer step (AdamW's decoupled weight decay would otherwise shrink them)."""
-
-    def __init__(self, model: nn.Module, keep: int):
-        self.table = model.positional_embedding
-        self.keep = keep
-        self.rows = self.table.detach()[:keep].clone()
-        self.table.register_hook(self._zero_grad)
-
-    def _zero_grad(self, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
-        grad[: self.keep] = 0
-        return grad
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        self.table[: self.keep] = self.rows.to(self.table.device, self.table.dtype)
+def plan_run(config: TrainConfig, warn: Callable[[str], None]) -> RunPlan:
+    """Check --output, --resume and --image-features before anything is built or written."""
+    resume = None
+    if config.resume == "auto":
+        resume = newest_intact_checkpoint(Path(config.output), warn)
+        if resume is None:
+            warn(f"--resume auto: {config.output} has no checkpoint yet; starting at step 0.")
+    elif config.resume:
+        resume = resume_checkpoint(config.resume)
+    check_output(config)
+    cache = check_cache_for_run(config, open_clip_config(config.model)[1]) if config.image_features else None
+    if resume:
+        check_resumed_settings(resume[0].parent.parent, config)
+    return RunPlan(resume, cache)
 
 
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int):
@@ -260,8 +95,11 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int
 # ----------------------------------------------------------------------------------------------------------
 
 
-def build_loader(config: TrainConfig, preprocess, context_length: int, rank: int, world_size: int) -> DataLoader:
-    """The training batches; refuses, before any training, data that cannot fill one batch in every process."""
+def build_loader(
+    config: TrainConfig, preprocess, context_length: int, rank: int, world_size: int, cache: dict | None = None
+) -> DataLoader:
+    """The training batches; refuses, before any training, data that cannot fill one batch in every process.
+    `cache`: the description of the --image-features cache, when already read."""
     tokenizer = LongCLIPTokenizer.from_clip_bpe(model_max_length=context_length, pad_token="!")
 
     def tokenize(texts: list[str]) -> torch.Tensor:
@@ -282,7 +120,7 @@ def build_loader(config: TrainConfig, preprocess, context_length: int, rank: int
             f"{max(1, len(records) // world_size)}, or add rows."
         )
     if config.image_features:
-        dataset = CachedCaptionDataset(records, builder, FeatureCache(config.image_features))
+        dataset = CachedCaptionDataset(records, builder, FeatureCache(config.image_features, cache))
     else:
         dataset = CaptionDataset(records, builder)
     return DataLoader(
@@ -310,130 +148,6 @@ def _check_shards(pattern: str, processes: int) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The run folder
-# ----------------------------------------------------------------------------------------------------------
-
-
-def earlier_run(output: Path) -> list[str]:
-    """The files of a training run already in `output` (other files there are not the trainer's)."""
-    return [name for name in RUN_FILES if (output / name).exists()]
-
-
-def check_output(config: TrainConfig) -> None:
-    """Refuse to write into a folder holding an earlier run unless asked to resume or replace it (changes nothing)."""
-    output = Path(config.output)
-    if output.exists() and not output.is_dir():
-        raise NotADirectoryError(f"--output {output}: is a file; training writes a folder.")
-    found = earlier_run(output)
-    if not found or config.overwrite:
-        return
-    if not config.resume:
-        raise FileExistsError(
-            f"{output}: holds an earlier training run ({', '.join(found)}); pass --resume auto to continue it, "
-            "--overwrite to replace it, or choose another --output."
-        )
-    if config.resume != "auto" and Path(config.resume).resolve().parent.parent != output.resolve():
-        raise FileExistsError(
-            f"{output}: holds another training run ({', '.join(found)}) than {config.resume}; resume into the "
-            "checkpoint's own run folder or a new --output."
-        )
-
-
-def plan_run(config: TrainConfig, warn: Callable[[str], None]) -> tuple[Path, dict] | None:
-    """Check --output and --resume before anything is built or written; the checkpoint to resume from and its
-    state (None: start at step 0)."""
-    resume = None
-    if config.resume == "auto":
-        resume = newest_intact_checkpoint(Path(config.output), warn)
-        if resume is None:
-            warn(f"--resume auto: {config.output} has no checkpoint yet; starting at step 0.")
-    elif config.resume:
-        resume = resume_checkpoint(config.resume)
-    check_output(config)
-    if config.image_features:
-        check_cache_for_run(config)
-    if resume:
-        check_resumed_settings(resume[0].parent.parent, config)
-    return resume
-
-
-def check_resumed_settings(run: Path, config: TrainConfig) -> None:
-    """Refuse to resume a run with settings that change what it computes; the message names each one."""
-    saved_file = run / "config.json"
-    if not saved_file.is_file():
-        return
-    try:
-        saved = json.loads(saved_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise ValueError(
-            f"{saved_file}: unreadable ({error}); remove it to resume without comparing settings."
-        ) from None
-    current = json.loads(json.dumps(asdict(config)))  # tuples as the lists JSON gives back
-    free = set(RESUMABLE_CHANGES) - ({"workers"} if is_shard_pattern(config.train_data) else set())
-    changed = [
-        f"--{key.replace('_', '-')} {json.dumps(saved[key])} (now {json.dumps(value)})"
-        for key, value in current.items()
-        if key not in free and key in saved and not _same_setting(saved[key], value)
-    ]
-    if changed:
-        raise ValueError(
-            f"{saved_file}: the run was started with other settings: {', '.join(changed)}. Resume it with its own "
-            "settings, or start a new run in another --output."
-        )
-
-
-def _same_setting(saved: object, current: object) -> bool:
-    if saved == current:
-        return True
-    # the same file written another way (`./data/x.jsonl`, an absolute path)
-    return (
-        isinstance(saved, str)
-        and isinstance(current, str)
-        and Path(current).exists()
-        and (Path(saved).resolve() == Path(current).resolve())
-    )
-
-
-def export_final(model: nn.Module, model_cfg: dict, out: Path) -> None:
-    """`out/` as a full Hugging Face CLIPModel + processor (the `longclip convert --to clip` layout); a text-only
-    model's as a text encoder (`out/text_encoder/`, a CLIPTextModelWithProjection) and `out/tokenizer/` (the
-    `longclip convert --to diffusers` layout), ready to be a Stable Diffusion pipeline's encoder."""
-    state_dict = {key: value.detach().cpu() for key, value in model.state_dict().items() if key != "attn_mask"}
-    checkpoint = checkpoint_from_state_dict(state_dict, model_cfg, "<trained model>")
-    with atomic_output(out, overwrite=True) as tmp:
-        if checkpoint.has_vision:
-            save_clip(checkpoint, tmp)
-        else:
-            pad_token = stable_diffusion_pad_token(model_cfg)
-            save_diffusers(checkpoint, tmp, with_projection=checkpoint.has_text_projection, pad_token=pad_token)
-
-
-def stable_diffusion_pad_token(model_cfg: dict) -> str:
-    """The pad token of the Stable Diffusion tokenizers for a text tower of this family: "!" for OpenCLIP's GELU
-    towers (SD 2.x's encoder, SDXL's second), CLIP's end token for OpenAI's QuickGELU ones (SD 1.x, SDXL's first)."""
-    return "<|endoftext|>" if model_cfg.get("quick_gelu") else "!"
-
-
-def plot_losses(metrics_file: Path, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = _metrics_rows(metrics_file)
-    figure, axis = plt.subplots(figsize=(7, 4))
-    for key, label in (("loss", "total"), ("fine_loss", "fine-grained (long)"), ("coarse_loss", "coarse (short)")):
-        axis.plot([r["step"] for r in rows], [r[key] for r in rows], label=label)
-    axis.set_xlabel("step")
-    axis.set_ylabel("loss")
-    axis.set_title("Long-CLIP fine-tuning")
-    axis.legend()
-    figure.tight_layout()
-    atomic_write(out, lambda handle: figure.savefig(handle, format="png", dpi=120))
-    plt.close(figure)
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------------------
 
@@ -445,7 +159,7 @@ def train(config: TrainConfig) -> Path:
 
     output = Path(config.output)
     notes = []  # warnings found before the accelerator knows the main process
-    resume = plan_run(config, notes.append)
+    plan = plan_run(config, notes.append)
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.grad_accum,
@@ -459,10 +173,12 @@ def train(config: TrainConfig) -> Path:
         logger.warning(note)
 
     set_seed(config.seed)
-    model, preprocess, model_cfg = build_model(config)
+    model, preprocess, model_cfg = build_model(config, plan.cache)
     frozen = FrozenRows(model, config.keep)
     context_length = model.positional_embedding.shape[0]
-    loader = build_loader(config, preprocess, context_length, accelerator.process_index, accelerator.num_processes)
+    loader = build_loader(
+        config, preprocess, context_length, accelerator.process_index, accelerator.num_processes, plan.cache
+    )
     criterion = LongCLIPLoss(
         config.pca_components, config.pca_scope, config.fine_weight, config.coarse_weight, config.label_smoothing
     )
@@ -483,14 +199,14 @@ def train(config: TrainConfig) -> Path:
     with replace_when_done(output, earlier_run, enabled=config.overwrite and accelerator.is_main_process):
         accelerator.wait_for_everyone()
         state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "skipped": {}}
-        if resume:
-            accelerator.load_state(str(resume[0]))
-            state = {**state, **resume[1]}
+        if plan.resume:
+            accelerator.load_state(str(plan.resume[0]))
+            state = {**state, **plan.resume[1]}
             frozen.restore()
         if accelerator.is_main_process:
             output.mkdir(parents=True, exist_ok=True)
             atomic_write(output / "config.json", json.dumps(asdict(config), indent=2) + "\n")
-            _truncate_metrics(output / "metrics.jsonl", state["step"])
+            truncate_metrics(output / "metrics.jsonl", state["step"])
         accelerator.init_trackers(TRACKER_RUN, config={k: str(v) for k, v in asdict(config).items()})
 
         with tqdm(total=total_steps, initial=state["step"], disable=not accelerator.is_local_main_process) as progress:
@@ -610,92 +326,17 @@ def _gather_skipped(skipped: dict[str, str]) -> dict[str, str]:
     return merged
 
 
-def _metrics_rows(metrics_file: Path) -> list[dict]:
-    """The logged rows; a line cut short by a killed run is left out."""
-    rows = []
-    for line in metrics_file.read_text().splitlines() if metrics_file.exists() else []:
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return rows
-
-
-def _truncate_metrics(metrics_file: Path, step: int) -> None:
-    """Keep the logged rows up to `step`: a resumed run logs the steps after its checkpoint again."""
-    kept = [row for row in _metrics_rows(metrics_file) if row["step"] <= step]
-    atomic_write(metrics_file, "".join(json.dumps(row) + "\n" for row in kept))
-
-
 def _log(accelerator, output: Path, state: dict, losses: dict, scheduler) -> None:
     values = {key: accelerator.reduce(value.detach(), reduction="mean").item() for key, value in losses.items()}
     row = {"step": state["step"], "epoch": state["epoch"], "lr": scheduler.get_last_lr()[0], **values}
     accelerator.log(row, step=state["step"])
     if accelerator.is_main_process:
-        with (output / "metrics.jsonl").open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------------------
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = TrainConfig()
-    parser.add_argument("--train-data", required=True, help="JSONL / CSV / ShareGPT4V JSON, or tar shards {000..099}")
-    parser.add_argument("--images-root", help="folder relative image paths start from (default: the file's)")
-    parser.add_argument("--output", default=defaults.output)
-    parser.add_argument("--model", default=defaults.model, help="open_clip model name or model-config JSON")
-    parser.add_argument(
-        "--pretrained",
-        default=defaults.pretrained,
-        help="open_clip pretrained tag, a published-layout .pt/.safetensors, or a Hugging Face CLIP folder; "
-        "'none' for random weights",
-    )
-    whole_numbers = {
-        "keep": 0, "ratio": 1, "pca_components": 1, "batch_size": 1, "epochs": 1, "warmup_steps": 0,
-        "grad_accum": 1, "workers": 0, "save_every": 1, "keep_checkpoints": 1, "log_every": 1,
-    }  # fmt: skip
-    for name, minimum in whole_numbers.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=integer(minimum), default=getattr(defaults, name))
-    parser.add_argument("--max-steps", type=integer(1), help="stop after this many steps (default: --epochs)")
-    parser.add_argument("--seed", type=integer(0, 2**32 - 1), default=defaults.seed)
-    for name in ("fine_weight", "coarse_weight", "weight_decay"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=real(0), default=getattr(defaults, name))
-    for name in ("lr", "eps"):
-        parser.add_argument(f"--{name}", type=real(0, above=True), default=getattr(defaults, name))
-    parser.add_argument("--label-smoothing", type=real(0, 1, below=True), default=defaults.label_smoothing)
-    parser.add_argument("--betas", type=real(0, 1, below=True), nargs=2, default=defaults.betas)
-    parser.add_argument("--pca-scope", choices=("local", "global"), default=defaults.pca_scope)
-    parser.add_argument("--short-captions", choices=("first-sentence", "debias"), default=defaults.short_captions)
-    parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=defaults.mixed_precision)
-    parser.add_argument("--grad-checkpointing", action="store_true")
-    parser.add_argument("--freeze", nargs="*", choices=("vision", "text"), default=[])
-    parser.add_argument(
-        "--image-features",
-        metavar="CACHE",
-        help="a `longclip cache-features` folder: train the text tower alone on these image features (no image "
-        "tower in memory); final/ is then a text encoder + tokenizer",
-    )
-    run = parser.add_mutually_exclusive_group()
-    run.add_argument("--resume", help="a checkpoints/step_N folder, or 'auto' for the newest intact one in --output")
-    run.add_argument(
-        "--overwrite", action="store_true", help="replace an earlier run in --output (only the files training writes)"
-    )
-    parser.add_argument(
-        "--report-to",
-        choices=("none", "tensorboard", "wandb", "all"),
-        default=defaults.report_to,
-        help="accelerate trackers (default: TensorBoard when installed)",
-    )
+        append_metrics(output, row)
 
 
 def run_train(args: argparse.Namespace) -> str:
-    values = {key: getattr(args, key) for key in TrainConfig.__dataclass_fields__ if hasattr(args, key)}
-    if values.get("pretrained") == "none":
-        values["pretrained"] = None
-    values["betas"] = tuple(values["betas"])
-    output = train(TrainConfig(**values))
-    final = "text encoder + tokenizer" if values.get("image_features") else "CLIPModel"
+    """`longclip train`: the run's outputs, in one line."""
+    config = config_from_args(args)
+    output = train(config)
+    final = "text encoder + tokenizer" if config.image_features else "CLIPModel"
     return f"trained: {output / 'final'} ({final}), {output / 'metrics.jsonl'}, {output / 'loss.png'}"

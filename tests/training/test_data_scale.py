@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.training import config_for, losses_of, train_args, write_dataset, write_shards
 from PIL import Image
-from test_train import config_for, losses_of, write_dataset
-from test_train_mistakes import train_args, write_shards
 
 from longclip_diffusers.training import data
 from longclip_diffusers.training.data import (
@@ -105,12 +104,12 @@ def test_members_of_a_sample_are_grouped_by_webdataset_keys(tmp_path):
     with tarfile.open(shard, "w") as archive:
         for name in ("./a.png", "./a.txt", "dir.v2/b.png", "dir.v2/b.json", "README", "c.x.png", "c.x.txt"):
             add_member(archive, name, name.encode())
-    assert [(key, sorted(parts)) for key, parts in data._read_shard(str(shard))] == [
+    assert [(key, sorted(parts)) for key, parts in data._tar_samples(str(shard))] == [
         ("./a", ["png", "txt"]),
         ("dir.v2/b", ["json", "png"]),
         ("c", ["x.png", "x.txt"]),  # webdataset: the key ends at the file name's first dot
     ]
-    assert [key for key, _ in data._read_shard(str(shard), skip=2)] == ["c"]
+    assert [key for key, _ in data._tar_samples(str(shard), skip=2)] == ["c"]
 
 
 # ----------------------------------------------------------------------------------------------------------

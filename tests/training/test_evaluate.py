@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from longclip_diffusers.convert import convert
-from longclip_diffusers.training.benchmarks import (
+from longclip_diffusers.training.eval_sets import (
     RetrievalSet,
     load_coco,
     load_docci,

@@ -18,19 +18,29 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
-from open_clip.model import CLIP
+from helpers.training import (
+    TINY_CONFIG,
+    config_for,
+    deadline,
+    losses_of,
+    one_line_error,
+    run_cli,
+    save_pretrained,
+    snapshot,
+    train_args,
+    write_dataset,
+)
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from test_train import TINY_CONFIG, config_for, losses_of, write_dataset
-from test_train_mistakes import deadline, one_line_error, snapshot, train_args
-from test_train_mistakes import run_cli as run_cli_strings
 
 from longclip_diffusers.cli import main
-from longclip_diffusers.training import features as features_module
-from longclip_diffusers.training import train as training
+from longclip_diffusers.training import cache_features as cache_features_module
+from longclip_diffusers.training import feature_cache
+from longclip_diffusers.training import model as model_module
 from longclip_diffusers.training.data import UnusableSample
-from longclip_diffusers.training.features import FeatureCache, TextCLIP
-from longclip_diffusers.training.train import build_model, train
+from longclip_diffusers.training.feature_cache import FeatureCache
+from longclip_diffusers.training.model import TextCLIP, build_model
+from longclip_diffusers.training.train import train
 
 # AdamW turns the float noise in the gradient of a parameter the loss does not depend on (the attention key
 # biases: softmax ignores a shift shared by all keys) into full steps of size lr with eps 1e-8, so two runs whose
@@ -38,17 +48,6 @@ from longclip_diffusers.training.train import build_model, train
 # those steps at the size of their gradients; every other parameter trains as with the recipe's eps.
 EXACT = dict(epochs=2, pca_components=4, eps=1e-3, report_to="none")
 TWO_PROCESSES = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-
-
-def run_cli(capsys, args: list) -> tuple[int, str, str]:
-    return run_cli_strings(capsys, [str(arg) for arg in args])
-
-
-def save_pretrained(path: Path, seed: int, config: dict = TINY_CONFIG) -> Path:
-    """A tiny open_clip checkpoint (both towers) as a safetensors file in the open_clip layout."""
-    torch.manual_seed(seed)
-    save_file({key: value.contiguous() for key, value in CLIP(**config).state_dict().items()}, path)
-    return path
 
 
 def cache_args(folder: Path, output: Path, **flags) -> list[str]:
@@ -129,13 +128,13 @@ def test_the_cache_holds_the_image_towers_own_normalised_features_and_lists_unre
 
 def test_no_image_tower_is_built_or_kept_for_a_text_only_run(data, cache, monkeypatch):
     read_towers = []
-    check = training.check_image_tower
+    check = model_module.check_image_tower
 
-    def watched_check(config, image_tower):
+    def watched_check(config, stored, image_tower):
         read_towers.append([weakref.ref(tensor) for tensor in image_tower.values()])
-        check(config, image_tower)
+        check(config, stored, image_tower)
 
-    monkeypatch.setattr(training, "check_image_tower", watched_check)
+    monkeypatch.setattr(model_module, "check_image_tower", watched_check)
     model, _, _ = build_model(cached_run(data, Path("unused"), cache))
     gc.collect()
     assert isinstance(model, TextCLIP)
@@ -223,6 +222,20 @@ def test_mixed_precision_bf16_on_a_cache_made_in_bf16_matches_the_live_tower(dat
     assert sorted(cached_losses) == sorted(live_losses)
     for step, loss in live_losses.items():  # to 1e-5, or float32's rounding at a loss of ~13 (1e-6 of it)
         assert abs(cached_losses[step] - loss) <= max(1e-5, 1e-6 * abs(loss)), (step, cached_losses[step], loss)
+
+
+def test_a_text_only_run_reads_its_cache_description_once(data, cache, tmp_path, monkeypatch):
+    reads = []
+    read = feature_cache.read_cache_file
+
+    def counted(folder):
+        reads.append(folder)
+        return read(folder)
+
+    monkeypatch.setattr(feature_cache, "read_cache_file", counted)
+    train(cached_run(data, tmp_path / "run", cache, **dict(EXACT, epochs=1)))
+    assert reads == [cache]
+    assert sorted(losses_of(tmp_path / "run")) == [1, 2, 3, 4]
 
 
 def test_a_text_only_run_resumes_exactly(data, cache, tmp_path, capsys):
@@ -333,7 +346,7 @@ def test_an_overwrite_that_fails_keeps_the_earlier_cache(data, cache_copy, capsy
     def disk_full(*_):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(features_module, "_finish", disk_full)  # every new shard written, then a failure
+    monkeypatch.setattr(cache_features_module, "_finish", disk_full)  # every new shard written, then a failure
     code, _, err = run_cli(capsys, cache_args(data, cache_copy, dtype="fp16", overwrite=True))
     assert code == 1 and "No space left" in err, err
     assert snapshot(cache_copy) == before

@@ -12,10 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline
+from helpers.training import one_line_error, run_cli, save_pretrained, write_dataset
 from safetensors.torch import load_file
-from test_features import run_cli, save_pretrained
-from test_train import write_dataset
-from test_train_mistakes import one_line_error
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from longclip_diffusers import LongCLIPTextEncoder, LongCLIPTokenizer, prompts
@@ -23,8 +21,7 @@ from longclip_diffusers.cli import main
 from longclip_diffusers.convert import sd2_text_encoder
 from longclip_diffusers.formats import Checkpoint, CheckpointError, hf_to_canonical, load_checkpoint
 from longclip_diffusers.pipelines import LongCLIPStableDiffusionXLPipeline
-from longclip_diffusers.training.features import TextCLIP
-from longclip_diffusers.training.train import encode_text_cut
+from longclip_diffusers.training.model import TextCLIP, encode_text_cut
 
 # OpenCLIP-bigG's and -H's conventions (GELU, a text projection, no QuickGELU) at the widths of the tiny pipelines'
 # encoders (`longclip tiny`): 32 hidden, projection 32. bigG-shaped: SDXL's text_encoder_2; H-shaped: 5 layers, of

@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.training import TINY_CONFIG, config_for, losses_of, write_dataset
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import CLIPModel
 
+from longclip_diffusers.training.config import TrainConfig
 from longclip_diffusers.training.data import (
     CaptionDataset,
     SampleBuilder,
@@ -25,62 +27,8 @@ from longclip_diffusers.training.data import (
     read_records,
 )
 from longclip_diffusers.training.loss import LongCLIPLoss, pca_reconstruct
-from longclip_diffusers.training.train import TrainConfig, build_model, train
-
-TINY_CONFIG = {
-    "embed_dim": 24,
-    "quick_gelu": True,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
-COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
-HERE = Path(__file__).parent
-
-
-def write_dataset(folder: Path, count: int = 32, corrupt: tuple[int, ...] = (), missing: tuple[int, ...] = ()) -> Path:
-    """Squares of one colour on another, with long captions that say so; JSONL annotations."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(0)
-    rows = []
-    for i in range(count):
-        square, background = rng.sample(sorted(COLORS), 2)
-        image = np.zeros((32, 32, 3), dtype=np.uint8)
-        image[:] = COLORS[background]
-        image[8:24, 8:24] = COLORS[square]
-        if i in corrupt:
-            (folder / f"img{i}.png").write_bytes(b"not a png")
-        elif i not in missing:
-            Image.fromarray(image).save(folder / f"img{i}.png")
-        caption = (
-            f"A {square} square on a {background} background. The square sits in the middle of the picture. "
-            f"Its edges are sharp and straight. The {background} background fills every corner."
-        )
-        rows.append({"image": f"img{i}.png", "caption": caption})
-    (folder / "train.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
-    (folder / "tiny.json").write_text(json.dumps(TINY_CONFIG))
-    return folder
-
-
-def config_for(folder: Path, output: Path, **overrides) -> TrainConfig:
-    values = dict(
-        train_data=str(folder / "train.jsonl"),
-        output=str(output),
-        model=str(folder / "tiny.json"),
-        pretrained=None,
-        batch_size=8,
-        epochs=3,
-        warmup_steps=2,
-        lr=1e-3,
-        workers=0,
-        save_every=4,
-        log_every=1,
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
-
-
-def losses_of(output: Path) -> dict[int, float]:
-    return {row["step"]: row["loss"] for row in map(json.loads, (output / "metrics.jsonl").read_text().splitlines())}
+from longclip_diffusers.training.model import build_model
+from longclip_diffusers.training.train import train
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +58,7 @@ def test_pca_matches_an_independent_svd():
 
 def test_cutting_text_batches_after_the_last_end_token_is_exact():
     from longclip_diffusers.stretch import stretch_model
-    from longclip_diffusers.training.train import encode_text_cut
+    from longclip_diffusers.training.model import encode_text_cut
 
     torch.manual_seed(0)
     from open_clip.model import CLIP
@@ -141,7 +89,7 @@ def test_small_pca_batches_warn_that_pca_does_nothing():
 
 def test_two_processes_give_the_one_process_loss_and_gradients(tmp_path):
     """A real 2-process gloo run (`torch.distributed.run`) against 1 process on the same global batch."""
-    script = HERE / "ddp_step.py"
+    script = Path(__file__).parent / "ddp_step.py"
     subprocess.run([sys.executable, script, tmp_path / "one.pt"], check=True, capture_output=True)
     # --standalone: torch picks a free rendezvous port itself; gloo talks over the loopback interface
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo")

@@ -3,98 +3,31 @@
 Real runs on the CPU (tiny open_clip models, synthetic images, real accelerate), driven through the command line.
 """
 
-import hashlib
-import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import tarfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
-from test_train import config_for, losses_of, write_dataset
+from helpers.training import (
+    config_for,
+    losses_of,
+    one_line_error,
+    run_cli,
+    snapshot,
+    train_args,
+    write_dataset,
+    write_shards,
+)
 
 from longclip_diffusers.cli import main
 from longclip_diffusers.training import train as training_module
 from longclip_diffusers.training.data import SampleBuilder, TarShardDataset, collate, expand_shards, read_records
-from longclip_diffusers.training.train import build_loader, build_model, train
-
-
-@contextmanager
-def deadline(seconds: int):
-    """Fail, rather than hang, a run that would never end (an epoch without batches used to loop forever)."""
-
-    def expire(*_):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def train_args(folder: Path, output: Path, **flags) -> list[str]:
-    """The command line of `config_for(folder, output)` (the same settings), with `flags` added or changed."""
-    values = {
-        "train-data": folder / "train.jsonl", "model": folder / "tiny.json", "pretrained": "none", "output": output,
-        "batch-size": 8, "epochs": 3, "warmup-steps": 2, "lr": "1e-3", "workers": 0, "save-every": 4, "log-every": 1,
-    }  # fmt: skip
-    values.update({key.replace("_", "-"): value for key, value in flags.items()})
-    args = ["train"]
-    for key, value in values.items():
-        args += [f"--{key}"] if value is True else [f"--{key}", str(value)]
-    return args
-
-
-def run_cli(capsys, args: list[str]) -> tuple[int, str, str]:
-    with deadline(120):
-        code = main(args)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(code: int, err: str, *fragments: str) -> None:
-    assert code == 1, err
-    lines = [line for line in err.splitlines() if line.startswith("longclip: error: ")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
-def snapshot(folder: Path) -> dict[str, tuple[int, str]]:
-    """Every file under `folder` with its modification time and content hash."""
-    return {
-        str(path.relative_to(folder)): (path.stat().st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
-
-
-def write_shards(folder: Path, shards: int, per_shard: int, corrupt=(), bad_captions=()) -> str:
-    """Webdataset tar shards of `write_dataset`'s images; sample `(shard, i)` listed in `corrupt` holds bytes that
-    are no image, in `bad_captions` a JSON caption file that is no JSON. Returns the brace pattern."""
-    rows = [json.loads(line) for line in (folder / "train.jsonl").read_text().splitlines()]
-    for shard in range(shards):
-        with tarfile.open(folder / f"shard-{shard:03d}.tar", "w") as archive:
-            for i in range(per_shard):
-                row = rows[(shard * per_shard + i) % len(rows)]
-                image = b"not a png" if (shard, i) in corrupt else (folder / row["image"]).read_bytes()
-                caption = (
-                    b"{not json" if (shard, i) in bad_captions else json.dumps({"caption": row["caption"]}).encode()
-                )
-                for name, data in ((f"s{shard}_{i}.png", image), (f"s{shard}_{i}.json", caption)):
-                    member = tarfile.TarInfo(name)
-                    member.size = len(data)
-                    archive.addfile(member, io.BytesIO(data))
-    return str(folder / f"shard-{{000..{shards - 1:03d}}}.tar")
+from longclip_diffusers.training.model import build_model
+from longclip_diffusers.training.train import build_loader, train
 
 
 @pytest.fixture(scope="module")

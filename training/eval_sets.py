@@ -1,4 +1,4 @@
-"""The benchmarks `longclip eval` reads: retrieval sets (images, captions, and which image each caption describes)
+"""The evaluation sets `longclip eval` reads: retrieval sets (images, captions, and which image each caption describes)
 and zero-shot sets (a class-per-folder image set and prompt templates).
 
 The benchmarks of Long-CLIP (arXiv 2403.15378, sec. 4): long-caption retrieval (Urban-1k, ShareGPT4V-1k, DOCCI),
