@@ -17,6 +17,12 @@ What is measured
   one process, so the gather is the identity), backward, AdamW step, zero_grad, `FrozenRows.restore()` (with
   its gradient hook on the position table).
 - `ours_ckpt`: `ours` with gradient checkpointing (`--grad-checkpointing`, `model.set_grad_checkpointing(True)`).
+- `ours_preserve`: `ours` with `--preserve-conditioning 1` (`training.preserve.ConditioningKeeper`, default layers
+  `final` and `-2`): the live states read by hooks during the same forward, the frozen starting tower run without
+  gradients on the short captions and the first 77 tokens of the long ones, the term added to the loss
+  (`*_preserve_vs_ours`; target <= 1.25x time, <= 1.15x memory). Its frozen copy is built with the model, so it is
+  in the RSS before the first step: `preserve_frozen_copy_mb` gives its size, and `memory_ratio_preserve_vs_ours_total`
+  counts it (RSS before the first step plus the peak over the steps).
 - `uncut`: the reference-equivalent step, as the trainer ran before the cut: one `clip(images, cat(long,
   short))` call (128 x 248 text tokens), the same loss, backward, AdamW, zero_grad and `FrozenRows.restore()`.
   It shows what the cut saves (`*_ours_vs_uncut`).
@@ -62,7 +68,7 @@ from pathlib import Path
 import torch
 from timing import interleaved_times
 
-VARIANTS = ("plain", "uncut", "ours", "ours_ckpt")
+VARIANTS = ("plain", "uncut", "ours", "ours_ckpt", "ours_preserve")
 MB = 1e6
 BATCH = 64
 IMAGE_SIZE = 64
@@ -144,8 +150,10 @@ def make_step(variant: str, batch: dict, config_dir: Path) -> Callable[[], float
 
     from longclip_diffusers.training.loss import LongCLIPLoss
     from longclip_diffusers.training.model import FrozenRows, TrainingModel
+    from longclip_diffusers.training.preserve import ConditioningKeeper
 
     clip, config = build(variant, config_dir)
+    keeper = ConditioningKeeper(clip) if variant == "ours_preserve" else None
     parameters = [p for p in clip.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         parameters, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay
@@ -174,7 +182,12 @@ def make_step(variant: str, batch: dict, config_dir: Path) -> Callable[[], float
         return model(batch["image"], batch["long_text"], batch["short_text"])
 
     def ours_step() -> float:
-        losses = criterion(*forward())
+        if keeper is None:
+            losses = criterion(*forward())
+        else:
+            with keeper.capture(clip):
+                losses = criterion(*forward())
+            losses["loss"] = losses["loss"] + keeper.loss(batch["long_text"], batch["short_text"])[0]
         losses["loss"].backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -207,6 +220,14 @@ def check_cut(batch: dict, config_dir: Path) -> dict[str, float | int]:
         "cut_long_length": cut_length(batch["long_text"]),
         "cut_short_length": cut_length(batch["short_text"]),
     }
+
+
+def frozen_copy_mb(config_dir: Path) -> float:
+    """The size of `--preserve-conditioning`'s frozen starting tower (parameters and buffers)."""
+    from longclip_diffusers.training.preserve import ConditioningKeeper
+
+    frozen = ConditioningKeeper(build("ours", config_dir)[0]).frozen
+    return sum(t.numel() * t.element_size() for t in itertools.chain(frozen.parameters(), frozen.buffers())) / MB
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -304,6 +325,7 @@ def main() -> None:
         "uncut": 2 * BATCH * CONTEXT,
         "ours": BATCH * (cut["cut_long_length"] + cut["cut_short_length"]),
         "ours_ckpt": BATCH * (cut["cut_long_length"] + cut["cut_short_length"]),
+        "ours_preserve": BATCH * (cut["cut_long_length"] + cut["cut_short_length"]),
     }
     print(
         f"torch threads: {torch.get_num_threads()}; batch {BATCH}; longest long caption {cut['cut_long_length']}, "
@@ -401,6 +423,16 @@ def main() -> None:
             "memory_ratio_ours_vs_uncut_steady_rss": ratio(
                 memory["ours"]["rss"]["steady_peak_mb"], memory["uncut"]["rss"]["steady_peak_mb"]
             ),
+            "time_ratio_preserve_vs_ours": ratio(timings["ours_preserve"], timings["ours"]),
+            "time_ratio_preserve_vs_ours_paired": round(paired_ratio("ours_preserve", "ours"), 3),
+            "time_ratio_preserve_vs_ours_min": ratio(fastest["ours_preserve"], fastest["ours"]),
+            "memory_ratio_preserve_vs_ours": ratio(peak["ours_preserve"], peak["ours"]),
+            "memory_ratio_preserve_vs_ours_alloc": ratio(alloc["ours_preserve"], alloc["ours"]),
+            "memory_ratio_preserve_vs_ours_total": ratio(
+                memory["ours_preserve"]["rss"]["before_mb"] + peak["ours_preserve"],
+                memory["ours"]["rss"]["before_mb"] + peak["ours"],
+            ),
+            "preserve_frozen_copy_mb": round(frozen_copy_mb(config_dir), 1),
             "time_ratio_uncut_vs_plain": ratio(timings["uncut"], timings["plain"]),
             "time_ratio_uncut_vs_plain_paired": round(paired["uncut"], 3),
             "memory_ratio_uncut_vs_plain": ratio(peak["uncut"], peak["plain"]),

@@ -155,6 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_demo_arguments(commands.add_parser("demo", help="the Gradio app: vanilla CLIP | Long-CLIP, same seed"))
 
+    from .drift import add_drift_arguments
+
+    add_drift_arguments(
+        commands.add_parser(
+            "drift", help="how far a Long-CLIP's conditioning moved from its CLIP's, as each SD family reads it"
+        )
+    )
+
     tiny_parser = commands.add_parser("tiny", help="write tiny random pipelines and Long-CLIP encoders (offline)")
     tiny_parser.add_argument("out", metavar="OUT", help="output folder")
     tiny_parser.add_argument("--seed", type=int, default=0)
@@ -191,6 +199,10 @@ def run(args: argparse.Namespace) -> str:
         from longclip_diffusers.training.train import run_train
 
         return run_train(args)
+    if args.command == "drift":
+        from .drift import run_drift
+
+        return run_drift(args)
     if args.command == "cache-features":
         from longclip_diffusers.training.cache_features import run_cache_features
 

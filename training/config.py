@@ -44,6 +44,8 @@ class TrainConfig:
     mixed_precision: str = "no"
     grad_checkpointing: bool = False
     freeze: list[str] = field(default_factory=list)  # "vision" and/or "text"
+    preserve_conditioning: float = 0.0  # W of the conditioning-preservation term (preserve.py); 0: off
+    preserve_layers: list[str] | None = None  # None: the layers SD reads for the tower's role
     image_features: str | None = None  # a `cache-features` folder: the text tower trains alone (feature_cache.py)
     workers: int = 4
     seed: int = 0
@@ -91,6 +93,21 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CACHE",
         help="a `longclip cache-features` folder: train the text tower alone on these image features (no image "
         "tower in memory); final/ is then a text encoder + tokenizer",
+    )
+    parser.add_argument(
+        "--preserve-conditioning",
+        type=real(0),
+        default=defaults.preserve_conditioning,
+        metavar="W",
+        help="weight of a term keeping the text tower's per-token states, where Stable Diffusion reads them, close "
+        "to the starting tower's (on short captions and the first 77 tokens of long ones); 0: off (default)",
+    )
+    parser.add_argument(
+        "--preserve-layers",
+        nargs="+",
+        metavar="LAYER",
+        help="layers the term keeps: 'final' (last layer through the final norm: SD 1.5) and/or -N from the end "
+        "(-2: SD 2.x, SDXL, SD 3) (default: -2 for OpenCLIP-H/bigG-wide towers, final and -2 otherwise)",
     )
     run = parser.add_mutually_exclusive_group()
     run.add_argument("--resume", help="a checkpoints/step_N folder, or 'auto' for the newest intact one in --output")

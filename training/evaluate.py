@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPModel, PreTrainedTokenizerBase
 
 from longclip_diffusers.convert import DTYPES
+from longclip_diffusers.drift import drift_summary, load_drift_encoder
 from longclip_diffusers.formats import CheckpointError, load_checkpoint
 from longclip_diffusers.hub import resolve
 from longclip_diffusers.stretch import CLIP_POSITIONS
@@ -302,8 +303,12 @@ def evaluate(
     num_workers: int = 0,
     progress: bool = True,
     overwrite: bool = False,
+    drift_reference: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Evaluate every model on every task; write `out_dir/results.{json,md,png}`; return the results.
+
+    With `drift_reference` (the 77-token CLIP the models were stretched from), each model read at all its positions
+    also gets its conditioning drift against it, per Stable Diffusion family (`longclip_diffusers.drift`).
 
     `models` maps a display name to a source (or an `EvalModel`, e.g. with max_length=77 for a CLIP baseline);
     `tasks` maps a benchmark name to a `RetrievalSet` or `ZeroShotSet`. Models are loaded one at a time, and the
@@ -336,8 +341,18 @@ def evaluate(
         "results": {},
     }
     options = dict(num_workers=num_workers, progress=progress)
+    reference = None
+    if drift_reference is not None:
+        reference = load_drift_encoder(drift_reference)
+        reference.text_encoder.to(device)
+        report["drift"] = {"reference": str(drift_reference), "models": {}}
     for name, spec in specs.items():
         logger.info("evaluating %s (%s)", name, spec.source)
+        if reference is not None and spec.max_length is None:
+            drifted = load_drift_encoder(spec.source, open_clip_model=spec.open_clip_model)
+            drifted.text_encoder.to(device)
+            report["drift"]["models"][name] = drift_summary(reference, drifted, device=device, progress=progress)
+            del drifted
         model, tokenizer, transform = load_model(spec, device, dtype)
         max_length = tokenizer.model_max_length
         report["models"][name] = {
@@ -452,6 +467,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     run.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="model precision (default fp32)")
     run.add_argument(
+        "--drift-reference",
+        metavar="REF",
+        help="also report each --model's conditioning drift against REF, the 77-token CLIP it was stretched from, "
+        "as each Stable Diffusion family reads it (as `longclip drift`)",
+    )
+    run.add_argument(
         "--workers",
         type=int,
         default=min(8, os.cpu_count() or 1),
@@ -536,6 +557,7 @@ def run_eval(args: argparse.Namespace) -> str:
         dtype=DTYPES[args.dtype],
         num_workers=args.workers,
         overwrite=args.overwrite,
+        drift_reference=args.drift_reference,
     )
     headline = []
     for name, scores in report["results"].items():
@@ -544,4 +566,6 @@ def run_eval(args: argparse.Namespace) -> str:
                 headline.append(f"{name} {benchmark} I2T/T2I R@1 {values['i2t_R@1']:.1f}/{values['t2i_R@1']:.1f}")
             else:
                 headline.append(f"{name} {benchmark} top-1 {values['top1']:.1f}")
+    for name, families in report.get("drift", {}).get("models", {}).items():
+        headline.append(f"{name} SD 1.5 drift (real tokens, rel L2) {families['sd15']['real_tokens_rel_l2']:.4f}")
     return f"wrote results.json, results.md, results.png to {args.out}: " + "; ".join(headline)

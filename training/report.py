@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from longclip_diffusers.atomic import atomic_write
+from longclip_diffusers.drift import SUMMARY_KEYS
 
 _TABLE_COLUMNS = (
     ("I2T R@1", "i2t_R@1"),
@@ -38,6 +39,7 @@ def results_markdown(report: Mapping[str, Any]) -> str:
         for benchmark, values in scores.items():
             cells = [f"{values[key]:.1f}" if key in values else "–" for _, key in _TABLE_COLUMNS]
             lines.append("| " + " | ".join([name, str(tokens), benchmark, *cells]) + " |")
+    lines += drift_markdown(report)
     lines += ["", "Models:", ""]
     lines += [f"- {name}: `{model['source']}`" for name, model in report["models"].items()]
     lines += ["", "Benchmarks:", ""]
@@ -45,6 +47,24 @@ def results_markdown(report: Mapping[str, Any]) -> str:
         counts = ", ".join(f"{value} {key}" for key, value in about.items() if key != "kind")
         lines.append(f"- {name} ({about['kind']}): {counts}")
     return "\n".join(lines) + "\n"
+
+
+def drift_markdown(report: Mapping[str, Any]) -> list[str]:
+    """The conditioning-drift table (`eval --drift-reference`): one row per model and Stable Diffusion family."""
+    if "drift" not in report:
+        return []
+    lines = [
+        "",
+        f"Conditioning drift against `{report['drift']['reference']}` (0 and 1.000: the reference's own conditioning):",
+        "",
+        "| model | family | real tokens rel L2 | real tokens cosine | padding rel L2 | pooled cosine |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for name, families in report["drift"]["models"].items():
+        for family, summary in families.items():
+            cells = ["–" if summary[key] is None else f"{summary[key]:.4f}" for key in SUMMARY_KEYS]
+            lines.append("| " + " | ".join([name, family, *cells]) + " |")
+    return lines
 
 
 def results_figure(report: Mapping[str, Any]) -> Any:

@@ -133,7 +133,13 @@ def plot_losses(metrics_file: Path, out: Path) -> None:
     axis.set_xlabel("step")
     axis.set_ylabel("loss")
     axis.set_title("Long-CLIP fine-tuning")
-    axis.legend()
+    axis.legend(loc="upper left")
+    drift_rows = [r for r in rows if "drift_rel_l2" in r]  # --preserve-conditioning: the drift it holds down
+    if drift_rows:
+        drift_axis = axis.twinx()
+        drift_axis.plot([r["step"] for r in drift_rows], [r["drift_rel_l2"] for r in drift_rows], "k--", label="drift")
+        drift_axis.set_ylabel("conditioning drift (relative L2)")
+        drift_axis.legend(loc="upper right")
     figure.tight_layout()
     atomic_write(out, lambda handle: figure.savefig(handle, format="png", dpi=120))
     plt.close(figure)

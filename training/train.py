@@ -14,6 +14,7 @@ import json
 import logging
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from .disk import DiskFull, from_full_disk
 from .feature_cache import CachedCaptionDataset, FeatureCache, check_cache_for_run
 from .loss import LongCLIPLoss
 from .model import FrozenRows, TrainingModel, build_model, open_clip_config
+from .preserve import ConditioningKeeper
 from .run_folder import (
     TRACKER_RUN,
     append_metrics,
@@ -177,6 +179,12 @@ def train(config: TrainConfig) -> Path:
     set_seed(config.seed)
     model, preprocess, model_cfg = build_model(config, plan.cache)
     frozen = FrozenRows(model, config.keep)
+    clip = model
+    keeper = None
+    if config.preserve_conditioning or config.preserve_layers:
+        if not config.preserve_conditioning:
+            raise ValueError("--preserve-layers chooses the layers of --preserve-conditioning W; give W > 0 too.")
+        keeper = ConditioningKeeper(clip, config.preserve_layers).to(accelerator.device)
     context_length = model.positional_embedding.shape[0]
     loader = build_loader(
         config, preprocess, context_length, accelerator.process_index, accelerator.num_processes, plan.cache
@@ -228,8 +236,14 @@ def train(config: TrainConfig) -> Path:
                         continue
                     full_batches += 1
                     with accelerator.accumulate(model):
-                        features = model(batch["image"], batch["long_text"], batch["short_text"])
+                        with keeper.capture(clip) if keeper else nullcontext():
+                            features = model(batch["image"], batch["long_text"], batch["short_text"])
                         losses = criterion(*features)
+                        if keeper:
+                            with accelerator.autocast():
+                                preserve, drift = keeper.loss(batch["long_text"], batch["short_text"])
+                            losses["loss"] = losses["loss"] + config.preserve_conditioning * preserve
+                            losses["preserve_loss"], losses["drift_rel_l2"] = preserve.detach(), drift
                         accelerator.backward(losses["loss"])
                         optimizer.step()
                         if accelerator.sync_gradients:
