@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from longclip_diffusers.pipelines.generate import windows_read
 from longclip_diffusers.prompts import tokenize_weighted, tokenize_windows
+from longclip_diffusers.token_counts import windows_read
 
 BOTH = None  # text both encoders read (no highlight)
 LONG_ONLY = "only Long-CLIP reads this"

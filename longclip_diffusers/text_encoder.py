@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Callable
-from pathlib import Path
 
 import torch
-from transformers import CLIPModel, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import (
+    CLIPModel,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 
 from .formats import Checkpoint, CheckpointError, load_checkpoint
 from .stretch import CLIP_POSITIONS
-from .writing import write_clip_model, write_text_encoder
+from .writing import clip_config, text_config_dict, text_state_dict
 
 
 def require_long(checkpoint: Checkpoint) -> None:
@@ -28,28 +32,43 @@ def require_long(checkpoint: Checkpoint) -> None:
 def build_text_model(
     checkpoint: Checkpoint, with_projection: bool | None = None, dtype: torch.dtype | None = None
 ) -> CLIPTextModel | CLIPTextModelWithProjection:
-    """Instantiate the text tower of `checkpoint` through transformers' own `from_pretrained`."""
+    """Instantiate the text tower of `checkpoint` through transformers' own `from_pretrained`, from its tensors."""
     if with_projection is None:
         with_projection = checkpoint.is_projection_model
     model_class = CLIPTextModelWithProjection if with_projection else CLIPTextModel
-    return _load_written(
-        model_class, lambda folder: write_text_encoder(checkpoint, folder, with_projection, dtype), dtype
-    )
+    config = CLIPTextConfig.from_dict(text_config_dict(checkpoint, with_projection, dtype))
+    return _load_tensors(model_class, config, text_state_dict(checkpoint, with_projection), dtype)
 
 
 def build_clip_model(checkpoint: Checkpoint, dtype: torch.dtype | None = None) -> CLIPModel:
     """Instantiate a full `CLIPModel` (text and vision towers) through transformers' own `from_pretrained`."""
-    return _load_written(CLIPModel, lambda folder: write_clip_model(checkpoint, folder, dtype), dtype)
+    config = clip_config(checkpoint)
+    state_dict = dict(checkpoint.state_dict)
+    state_dict.setdefault("logit_scale", torch.tensor(config.logit_scale_init_value))
+    return _load_tensors(CLIPModel, config, state_dict, dtype)
 
 
-def _load_written(model_class: type, write: Callable[[Path], None], dtype: torch.dtype | None):
-    """Write a model folder to a temporary place and load it with `model_class.from_pretrained`."""
-    with tempfile.TemporaryDirectory(prefix="longclip-") as tmp:
-        write(Path(tmp))
-        model = model_class.from_pretrained(tmp)
+def _load_tensors(
+    model_class: type[PreTrainedModel], config: PretrainedConfig, state_dict: dict[str, torch.Tensor], dtype
+) -> PreTrainedModel:
+    """`model_class.from_pretrained` of `state_dict`: built on the meta device, the tensors assigned as they are
+    (memory-mapped or already read: no temporary files, no second copy). Tensors that are views into a larger
+    one (the q, k and v of an OpenAI-layout attention) get their own memory, as they would from a file."""
+    tensors = {key: _own_tensor(value, dtype) for key, value in state_dict.items()}
+    model = model_class.from_pretrained(None, config=config, state_dict=tensors)
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()
+
+
+def _own_tensor(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """`tensor` on the CPU in `dtype` (floating-point ones), holding its own contiguous memory."""
+    tensor = tensor.cpu()
+    if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
+        return tensor.to(dtype).contiguous()
+    if tensor.is_contiguous() and tensor.untyped_storage().nbytes() == tensor.nbytes:
+        return tensor
+    return tensor.clone(memory_format=torch.contiguous_format)
 
 
 class LongCLIPTextEncoder:

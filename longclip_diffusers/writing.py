@@ -86,13 +86,17 @@ def text_state_dict(checkpoint: Checkpoint, with_projection: bool) -> dict[str, 
     return sd
 
 
-def text_config_dict(checkpoint: Checkpoint, with_projection: bool) -> dict:
+def text_config_dict(checkpoint: Checkpoint, with_projection: bool, dtype: torch.dtype | None = None) -> dict:
+    """The config of the text encoder `checkpoint` gives (with weights stored in `dtype`, if given)."""
     config = CLIPTextConfig.from_dict(checkpoint.text_config.to_dict())
     architecture = "CLIPTextModelWithProjection" if with_projection else "CLIPTextModel"
     config.architectures = [architecture]
     if with_projection:
         config.projection_dim = checkpoint.state_dict["text_projection.weight"].shape[0]
-    return config.to_dict()
+    config = config.to_dict()
+    if dtype is not None:
+        config["torch_dtype"] = config["dtype"] = str(dtype).removeprefix("torch.")
+    return config
 
 
 def write_text_encoder(
@@ -105,9 +109,7 @@ def write_text_encoder(
     if with_projection is None:
         with_projection = checkpoint.is_projection_model
     folder.mkdir(parents=True, exist_ok=True)
-    config = text_config_dict(checkpoint, with_projection)
-    if dtype is not None:
-        config["torch_dtype"] = config["dtype"] = str(dtype).removeprefix("torch.")
+    config = text_config_dict(checkpoint, with_projection, dtype)
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     write_safetensors(text_state_dict(checkpoint, with_projection), folder / "model.safetensors", dtype)
 

@@ -13,7 +13,8 @@ from safetensors.torch import save_file
 from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 
 from longclip_diffusers import formats, writing
-from longclip_diffusers.cli import main
+from longclip_diffusers.cli import main, registered_commands
+from longclip_diffusers.commands import LIBRARY_COMMANDS
 from longclip_diffusers.tiny import tiny_text_config
 
 
@@ -236,3 +237,28 @@ def test_console_script_exits_non_zero_without_traceback(tmp_path):
     assert result.returncode == 1
     message = "no such file or folder (and it is not a Hugging Face Hub repo id)."
     assert result.stderr.strip() == f"longclip: error: {tmp_path / 'missing.pt'}: {message}"
+
+
+EVERY_COMMAND = {"convert", "stretch", "comfy-export", "tiny", "generate", "train", "cache-features", "eval", "demo"}
+
+
+def test_every_command_is_registered_by_its_own_layer():
+    """The library registers its own commands; the applications theirs, through the installed entry points."""
+    commands = registered_commands()
+    assert set(commands) == EVERY_COMMAND
+    library = {name for name in commands if commands[name] in LIBRARY_COMMANDS}
+    assert library == {"convert", "stretch", "comfy-export", "tiny"}
+    for name in ("generate", "train", "cache-features", "eval", "demo"):
+        application = {"generate": "pipelines", "demo": "demo"}.get(name, "training")
+        assert commands[name].run.__module__.startswith(f"longclip_diffusers.{application}.")
+
+
+@pytest.mark.parametrize("command", [["-m", "longclip_diffusers"], ["-m", "longclip_diffusers.cli"]])
+def test_python_dash_m_has_every_command(command):
+    result = subprocess.run([sys.executable, *command, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    listed = result.stdout.split("positional arguments:")[1].split("options:")[0]
+    names = {line.split()[0] for line in listed.splitlines() if line.startswith("    ") and line[4] != " "}
+    assert names == EVERY_COMMAND
+    result = subprocess.run([sys.executable, *command, "generate", "--pipeline"], capture_output=True, text=True)
+    assert result.returncode == 2 and "argument --pipeline: expected one argument" in result.stderr

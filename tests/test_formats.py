@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_OPEN_CLIP_CONFIG_GELU, published_longclip_state_dict, tiny_open_clip_model
+from helpers.common import TINY_OPEN_CLIP_CONFIG_GELU, published_longclip_state_dict, tiny_open_clip_model
 from safetensors.torch import load_file, save_file
 from transformers import CLIPModel, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_open_clip_model
+from helpers.common import tiny_open_clip_model
 from transformers import CLIPModel, CLIPTextModel, CLIPTextModelWithProjection
 
 from longclip_diffusers.prompts import stretched_view

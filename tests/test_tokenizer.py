@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from conftest import run_with_transformers4
+from helpers.common import run_with_transformers4
 from open_clip.tokenizer import SimpleTokenizer, basic_clean, default_bpe, whitespace_clean
 
 from longclip_diffusers import tokenizer as tokenizer_module

@@ -3,7 +3,7 @@
 import json
 
 import torch
-from conftest import run_with_transformers4
+from helpers.common import run_with_transformers4
 from transformers import CLIPModel, CLIPTextModel
 
 from longclip_diffusers import LongCLIPTokenizer, convert

@@ -183,7 +183,7 @@ def test_corrupt_and_missing_images_are_listed_once_by_name(tmp_path, capsys):
 
 
 def test_pretrained_published_checkpoint_is_loaded_exactly(published_pt, tmp_path, caplog):
-    from conftest import TINY_OPEN_CLIP_CONFIG
+    from helpers.common import TINY_OPEN_CLIP_CONFIG
 
     path, reference = published_pt
     (tmp_path / "arch.json").write_text(json.dumps(TINY_OPEN_CLIP_CONFIG))
