@@ -4,6 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q -U pip
+# A stale egg-info left in the tree by an older install would hide the entry points (`longclip.commands`) from
+# `python -m` runs started here.
+rm -rf longclip_diffusers.egg-info
 .venv/bin/pip install -q -e ".[all]"
 # transformers 4.x beside the main install (not on the import path): the tests load what we save with it.
 [ -d .venv/transformers4/transformers ] || .venv/bin/pip install -q --no-deps --target .venv/transformers4 \

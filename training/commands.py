@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from longclip_diffusers.commands import Command
 
-from .evaluate import add_eval_arguments, run_eval
 from .cache_features import add_cache_arguments, run_cache_features
 from .config import add_train_arguments
+from .evaluate import add_eval_arguments, run_eval
 from .train import run_train
 
 TRAIN = Command(
