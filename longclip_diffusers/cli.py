@@ -145,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
         commands.add_parser("comfy-export", help="write the ComfyUI custom nodes and Long-CLIP text encoder files")
     )
 
+    from .bake import add_bake_arguments
+
+    add_bake_arguments(
+        commands.add_parser("bake", help="write a single-file SD 1.x / SDXL checkpoint with a Long-CLIP baked in")
+    )
+
     from longclip_diffusers.training.evaluate import add_eval_arguments
 
     add_eval_arguments(
@@ -183,6 +189,10 @@ def run(args: argparse.Namespace) -> str:
         from .comfy_export import run_comfy_export
 
         return run_comfy_export(args)
+    if args.command == "bake":
+        from .bake import run_bake
+
+        return run_bake(args)
     if args.command == "eval":
         from longclip_diffusers.training.evaluate import run_eval
 
