@@ -151,6 +151,7 @@ def sdxl_with_wide_bigg(files, published_pt, tmp_path_factory):
         ),  # fmt: skip
         ("deeper", r"width 32 and 4 layers, but .*'s SD 1.x CLIP-L has width 32 and 5 layers"),
         ("short", "has 77 text positions, a plain CLIP: nothing to bake"),
+        ("no-projection", "has no text projection, which the SDXL OpenCLIP-bigG needs"),
         ("encoder-2-sd15", "an SD 1.x checkpoint has one text encoder .*without --encoder-2"),
         ("not-sd", "not an SD 1.x or SDXL single-file checkpoint"),
         ("suffix", r"give an output path ending in \.safetensors"),
@@ -167,6 +168,7 @@ def test_bad_input_is_refused_in_one_line_and_nothing_is_written(
         "bigg-as-l": [sdxl_with_wide_bigg, "--encoder", published_pt[0]],
         "deeper": [files["sd15"], "--encoder", tiny_components / "longclip-sd2"],
         "short": [files["sd15"], "--encoder", tiny_components / "sd15" / "text_encoder"],
+        "no-projection": [files["sdxl"], "--encoder-2", long_l],
         "encoder-2-sd15": [files["sd15"], "--encoder", long_l, "--encoder-2", files["long-bigg"]],
         "not-sd": [long_l / "text_encoder" / "model.safetensors", "--encoder", long_l],
         "suffix": [files["sd15"], "--encoder", long_l],
