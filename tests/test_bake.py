@@ -14,6 +14,7 @@ from longclip_diffusers.cli import main
 from longclip_diffusers.formats import canonical_to_openai, load_checkpoint, safetensors_header
 from longclip_diffusers.single_file import SD_SLOTS, SDXL_SLOTS, read_encoder, read_single_file
 
+POSITION_IDS = "cond_stage_model.transformer.text_model.embeddings.position_ids"
 METADATA = {"modelspec.title": "tiny test model", "modelspec.architecture": "stable-diffusion-v1"}
 
 
@@ -25,10 +26,12 @@ def files(tiny_components, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("bake")
     sd15 = ldm_state_dict(StableDiffusionPipeline.from_pretrained(tiny_components / "sd15"))
+    sd15[POSITION_IDS] = torch.arange(77).reshape(1, 77)  # a buffer the SD 1.5 release files hold
     sdxl = ldm_state_dict(StableDiffusionXLPipeline.from_pretrained(tiny_components / "sdxl"))
     paths = {"sd15": folder / "sd15.safetensors", "sd15-fp16": folder / "sd15-fp16.safetensors"}
     save_file({k: v.contiguous() for k, v in sd15.items()}, paths["sd15"], metadata=METADATA)
-    save_file({k: v.half().contiguous() for k, v in sd15.items()}, paths["sd15-fp16"], metadata=METADATA)
+    fp16 = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd15.items()}
+    save_file(fp16, paths["sd15-fp16"], metadata=METADATA)
     paths["sdxl"] = folder / "sdxl.safetensors"
     save_file({k: v.contiguous() for k, v in sdxl.items()}, paths["sdxl"])
     paths["long-bigg"] = convert(
@@ -81,6 +84,7 @@ def test_bake_sd15_writes_the_long_clip_and_keeps_every_other_tensor_byte_for_by
     assert after[slot.position_key][:2] == (before[slot.position_key][0], [248, 32])  # the file's dtype, 248 rows
     with safe_open(out, framework="pt") as handle:
         assert handle.metadata() == {**METADATA, "format": "pt"}
+        assert torch.equal(handle.get_tensor(POSITION_IDS), torch.arange(248).reshape(1, 248))  # rebuilt, int64
     baked = baked_encoder(out, slot, source)
     assert baked.num_positions == 248
     if name == "sd15":
