@@ -10,6 +10,7 @@ from typing import Any
 
 from transformers import CLIPTextConfig
 
+from longclip_diffusers.formats import CheckpointError
 from longclip_diffusers.single_file import SLOT_PREFIXES, encoder_slots, read_encoder, read_single_file
 from longclip_diffusers.text_encoder import build_text_model
 from longclip_diffusers.tokenizer import LongCLIPTokenizer
@@ -45,7 +46,12 @@ class LongCLIPSingleFileMixin:
             if slot.component in kwargs:  # given (None too: "load without it")
                 continue
             text_config = CLIPTextConfig.from_pretrained(config, subfolder=slot.component) if config else None
-            checkpoint = read_encoder(tensors, slot, path, text_config)
+            try:
+                checkpoint = read_encoder(tensors, slot, path, text_config)
+            except CheckpointError as error:
+                if text_config is not None:
+                    raise
+                raise CheckpointError(f"{error} Here: pass config= the pipeline's Hub id or folder.") from None
             kwargs[slot.component] = build_text_model(checkpoint, slot.with_projection, kwargs.get("torch_dtype"))
             tokenizer_name = slot.component.replace("text_encoder", "tokenizer")
             if tokenizer_name not in kwargs:

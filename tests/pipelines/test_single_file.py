@@ -101,3 +101,9 @@ def test_a_long_clip_without_its_tokenizer_is_refused_in_one_line(case, long_par
     text_encoder, _ = long_parts(family)
     with pytest.raises(ValueError, match="the tokenizer reads 77 tokens but the text encoder has 248 positions"):
         FAMILIES[family][1].from_single_file(stock_file, config=config, text_encoder=text_encoder)
+
+
+def test_without_config_heads_that_weights_do_not_tell_are_refused_with_the_fix(case):
+    family, _, _, _, _, long_file = case  # the tiny encoders' 8-wide heads are not OpenAI's 64-wide ones
+    with pytest.raises(ValueError, match="head count cannot be inferred .* Here: pass config= the pipeline's Hub id"):
+        FAMILIES[family][1].from_single_file(long_file)
