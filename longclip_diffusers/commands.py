@@ -1,4 +1,5 @@
-"""What a `longclip` command is, and the library's own commands: convert, stretch, comfy-export, drift and tiny.
+"""What a `longclip` command is, and the library's own commands: convert, stretch, comfy-export, bake, drift and
+tiny.
 
 The applications (pipelines, training, demo) define theirs in their own `commands.py` and register them in the
 `longclip.commands` entry-point group (pyproject.toml); `cli.py` puts them all together.
@@ -10,6 +11,7 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .bake import add_bake_arguments, run_bake
 from .comfy_export import add_comfy_export_arguments, run_comfy_export
 from .convert import DTYPES, OUTPUT_LAYOUTS, convert
 from .drift import add_drift_arguments, run_drift
@@ -137,6 +139,12 @@ LIBRARY_COMMANDS = (
         "write the ComfyUI custom nodes and Long-CLIP text encoder files",
         add_comfy_export_arguments,
         run_comfy_export,
+    ),
+    Command(
+        "bake",
+        "write a single-file SD 1.x / SDXL checkpoint with a Long-CLIP baked in",
+        add_bake_arguments,
+        run_bake,
     ),
     Command(
         "drift",

@@ -39,17 +39,20 @@ SAFETENSORS_DTYPES = {  # torch dtype -> its name in a safetensors header
 
 
 def write_safetensors(
-    tensors: dict[str, torch.Tensor], path: str | os.PathLike, dtype: torch.dtype | None = None
+    tensors: dict[str, torch.Tensor],
+    path: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> None:
     """Write a safetensors file one tensor at a time, so memory-mapped sources are never copied whole.
 
-    `dtype` converts floating-point tensors on the way.
+    `dtype` converts floating-point tensors on the way; `metadata` (strings) goes into the header.
     """
 
     def target_dtype(tensor: torch.Tensor) -> torch.dtype:
         return dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
 
-    header: dict[str, dict] = {"__metadata__": {"format": "pt"}}
+    header: dict[str, dict] = {"__metadata__": {**(metadata or {}), "format": "pt"}}
     offset = 0
     for name, tensor in tensors.items():
         out_dtype = target_dtype(tensor)

@@ -258,7 +258,7 @@ def test_every_command_is_registered_by_its_own_layer():
     commands = registered_commands()
     assert set(commands) == EVERY_COMMAND
     library = {name for name in commands if commands[name] in LIBRARY_COMMANDS}
-    assert library == {"convert", "stretch", "comfy-export", "drift", "tiny"}
+    assert library == {"convert", "stretch", "comfy-export", "bake", "drift", "tiny"}
     for name in ("generate", "train", "cache-features", "eval", "demo"):
         application = {"generate": "pipelines", "demo": "demo"}.get(name, "training")
         assert commands[name].run.__module__.startswith(f"longclip_diffusers.{application}.")

@@ -16,6 +16,7 @@ from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_la
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from longclip_diffusers.pipelines.saving import SavesItsCode
+from longclip_diffusers.pipelines.single_file import LongCLIPSingleFileMixin
 from longclip_diffusers.prompts import (
     as_prompt_list,
     encode_prompts,
@@ -28,7 +29,7 @@ from longclip_diffusers.prompts import (
 from longclip_diffusers.tokenizer import check_pair
 
 
-class LongCLIPStableDiffusionPipeline(SavesItsCode, StableDiffusionPipeline):
+class LongCLIPStableDiffusionPipeline(LongCLIPSingleFileMixin, SavesItsCode, StableDiffusionPipeline):
     r"""Stable Diffusion with Long-CLIP conditioning: 248 tokens per window, windows past 248, A1111 weighting.
 
     Same components, signature and features as [`StableDiffusionPipeline`]; only prompt encoding differs:

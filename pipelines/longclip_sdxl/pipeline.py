@@ -21,6 +21,7 @@ from transformers import (
 )
 
 from longclip_diffusers.pipelines.saving import SavesItsCode
+from longclip_diffusers.pipelines.single_file import LongCLIPSingleFileMixin
 from longclip_diffusers.prompts import (
     SDXL_STRATEGIES,
     TextEncoderSpec,
@@ -35,7 +36,7 @@ from longclip_diffusers.prompts import (
 from longclip_diffusers.tokenizer import check_pair
 
 
-class LongCLIPStableDiffusionXLPipeline(SavesItsCode, StableDiffusionXLPipeline):
+class LongCLIPStableDiffusionXLPipeline(LongCLIPSingleFileMixin, SavesItsCode, StableDiffusionXLPipeline):
     r"""SDXL with Long-CLIP conditioning: 248-token CLIP-L windows, windows past 248, A1111 weighting.
 
     Same components, signature and features as [`StableDiffusionXLPipeline`]; only prompt encoding differs.
