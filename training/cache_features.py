@@ -1,8 +1,9 @@
 """Computing an image-feature cache (`longclip cache-features`); its format is `feature_cache.py`.
 
 Every process computes shards of its own and writes each one atomically, so a killed run keeps its finished shards
-and the same command computes the rest. Only a cache made the same way is resumed; another in `--output` is
-replaced only with `--overwrite`, once the new one is complete.
+and the same command computes the rest, and computes again a shard whose skipped images can now be read. Only a
+cache made the same way is resumed; another in `--output` is replaced only with `--overwrite`, once the new one is
+complete. One run at a time writes a folder (a lock beside it).
 """
 
 from __future__ import annotations
@@ -221,6 +222,7 @@ def writing_alone(output: Path, enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
+    output = output.resolve()  # `--output .` has a name, and a folder beside it, only so
     lock = output.parent / f".{output.name}.cache-features.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
