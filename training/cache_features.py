@@ -1,16 +1,21 @@
 """Computing an image-feature cache (`longclip cache-features`); its format is `feature_cache.py`.
 
 Every process computes shards of its own and writes each one atomically, so a killed run keeps its finished shards
-and the same command computes the rest. Only a cache made the same way is resumed; another in `--output` is
-replaced only with `--overwrite`, once the new one is complete.
+and the same command computes the rest, and computes again a shard whose skipped images can now be read. Only a
+cache made the same way is resumed; another in `--output` is replaced only with `--overwrite`, once the new one is
+complete. One run at a time writes a folder (a lock beside it).
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,12 +196,11 @@ def cache_files(output: Path) -> list[str]:
 def cache_features(config: CacheConfig) -> Path:
     """Compute (or finish) the cache `config.output`: every row's normalised image features; return the folder."""
     from accelerate import PartialState
-    from accelerate.utils import set_seed
 
     if config.dtype not in DTYPES:
         raise ValueError(f"--dtype {config.dtype!r}: choose one of {', '.join(DTYPES)}.")
     output = Path(config.output)
-    stored = existing_cache(output, config.overwrite)
+    existing_cache(output, config.overwrite)  # refused before anything is read, if it is not a cache
     if is_shard_pattern(config.train_data):
         raise ValueError(
             f"--train-data {config.train_data}: cache-features reads an annotation file (JSONL, CSV or ShareGPT4V "
@@ -206,6 +210,47 @@ def cache_features(config: CacheConfig) -> Path:
     check_images_exist(records, config.train_data)
 
     state = PartialState(cpu=not torch.cuda.is_available())  # processes, not training: no Accelerator needed
+    with writing_alone(output, enabled=state.is_main_process):
+        state.wait_for_everyone()
+        return _compute_cache(config, records, state)
+
+
+@contextmanager
+def writing_alone(output: Path, enabled: bool = True) -> Iterator[None]:
+    """Hold the lock of `output` (`.NAME.cache-features.lock` beside it, removed after) while one `cache-features`
+    writes it; refuse, before anything is written, when another one holds it."""
+    if not enabled:
+        yield
+        return
+    output = output.resolve()  # `--output .` has a name, and a folder beside it, only so
+    lock = output.parent / f".{output.name}.cache-features.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        handle = open(lock, "a")  # held until the cache is done
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise FileExistsError(
+                f"--output {output}: another `longclip cache-features` is writing it; wait until it ends and run "
+                "this command again, or choose another --output."
+            ) from None
+        if lock.exists() and lock.stat().st_ino == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()  # the lock file its last holder removed: take the new one
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        handle.close()
+
+
+def _compute_cache(config: CacheConfig, records, state) -> Path:
+    """`cache_features` once no other run writes `config.output`."""
+    from accelerate.utils import set_seed
+
+    output = Path(config.output)
+    stored = existing_cache(output, config.overwrite)  # read again: it cannot change now
     set_seed(config.seed)
     model, preprocess, model_cfg = build_model(TrainConfig(model=config.model, pretrained=config.pretrained))
     image_tower = model.visual.requires_grad_(False).eval()

@@ -8,7 +8,8 @@ computed once and cached, and a text-only run reads them: no image-tower weights
 
 A cache folder:
     cache.json                   what made it (model, image-tower fingerprint, preprocessing, annotation file,
-                                 dtype) and, once complete, the size of every shard
+                                 dtype), the folder its images were read from and, once complete, the size of
+                                 every shard
     features-00000.safetensors   `features` [n, D] (normalised, as training uses them) and `indices` [n] (rows of
                                  the annotation file) of `shard_size` consecutive rows; its metadata holds the
                                  rows' range, the images among them that could not be read (name, reason) and

@@ -326,6 +326,35 @@ def test_a_cache_killed_halfway_resumes_with_its_finished_shards(data, cache, tm
         torch.testing.assert_close(features, uninterrupted[name], atol=1e-6, rtol=0)
 
 
+def test_a_second_cache_run_into_a_folder_being_written_is_refused_before_it_writes(data, tmp_path, capsys):
+    """A first run waits on the image of row 13, a named pipe, after writing shard 0. A second one with another
+    --dtype and --overwrite (which would set the first run's files aside while it goes on writing fp32 shards
+    among its own fp16 ones) is refused, and changes nothing. Killed, the first run is finished by its command."""
+    folder = Path(shutil.copytree(data, tmp_path / "data"))
+    (folder / "img13.png").unlink()
+    os.mkfifo(folder / "img13.png")
+    output = tmp_path / "features"
+    command = [sys.executable, "-m", "longclip_diffusers", *map(str, cache_args(folder, output))]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline_at = time.time() + 120
+        while not (output / "features-00000.safetensors").exists() and time.time() < deadline_at:
+            time.sleep(0.05)
+        before = snapshot(output)
+        for flags in ({"dtype": "fp16", "overwrite": True}, {"dtype": "fp16"}, {}):
+            code, _, err = run_cli(capsys, cache_args(folder, output, **flags))
+            one_line_error(code, err, "another `longclip cache-features` is writing it", "wait until it ends")
+        assert snapshot(output) == before
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    (folder / "img13.png").unlink()
+    shutil.copy(data / "img13.png", folder / "img13.png")
+    assert main(cache_args(folder, output)) == 0
+    assert all(shard["features"].dtype == torch.float32 for shard in shards_of(output).values())
+    assert not list(tmp_path.glob(".*.lock"))
+
+
 def test_a_folder_holding_another_cache_is_refused_and_replaced_only_with_overwrite(data, cache_copy, capsys):
     before = snapshot(cache_copy)
     code, _, err = run_cli(capsys, cache_args(data, cache_copy, dtype="fp16"))
