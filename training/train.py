@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from longclip_diffusers.arguments import integer, real
 from longclip_diffusers.atomic import atomic_output, atomic_write, replace_when_done
+from longclip_diffusers.constants import OPEN_CLIP_PAD_TOKEN, stable_diffusion_pad_token
 from longclip_diffusers.formats import (
     CLIP_EOS_TOKEN_ID,
     canonical_to_openai,
@@ -262,7 +263,7 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int
 
 def build_loader(config: TrainConfig, preprocess, context_length: int, rank: int, world_size: int) -> DataLoader:
     """The training batches; refuses, before any training, data that cannot fill one batch in every process."""
-    tokenizer = LongCLIPTokenizer.from_clip_bpe(model_max_length=context_length, pad_token="!")
+    tokenizer = LongCLIPTokenizer.from_clip_bpe(model_max_length=context_length, pad_token=OPEN_CLIP_PAD_TOKEN)
 
     def tokenize(texts: list[str]) -> torch.Tensor:
         return tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt").input_ids
@@ -406,12 +407,6 @@ def export_final(model: nn.Module, model_cfg: dict, out: Path) -> None:
         else:
             pad_token = stable_diffusion_pad_token(model_cfg)
             save_diffusers(checkpoint, tmp, with_projection=checkpoint.has_text_projection, pad_token=pad_token)
-
-
-def stable_diffusion_pad_token(model_cfg: dict) -> str:
-    """The pad token of the Stable Diffusion tokenizers for a text tower of this family: "!" for OpenCLIP's GELU
-    towers (SD 2.x's encoder, SDXL's second), CLIP's end token for OpenAI's QuickGELU ones (SD 1.x, SDXL's first)."""
-    return "<|endoftext|>" if model_cfg.get("quick_gelu") else "!"
 
 
 def plot_losses(metrics_file: Path, out: Path) -> None:
