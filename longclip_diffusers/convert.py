@@ -6,16 +6,14 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import torch
-
 from .atomic import atomic_output
+from .constants import CLIP_POSITIONS, DTYPES, OPEN_CLIP_PAD_TOKEN
 from .formats import Checkpoint, CheckpointError, check_checkpoint, load_checkpoint
-from .stretch import CLIP_POSITIONS, DEFAULT_KEEP, DEFAULT_RATIO, stretch_position_table, stretched_length
+from .stretch import DEFAULT_KEEP, DEFAULT_RATIO, stretch_position_table, stretched_length
 from .writing import save_clip, save_diffusers, write_comfyui_text_encoder
 
 OutputLayout = Literal["diffusers", "clip", "comfyui"]
 OUTPUT_LAYOUTS: tuple[str, ...] = ("diffusers", "clip", "comfyui")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 POSITION_KEY = "text_model.embeddings.position_embedding.weight"
 SD2_LAYERS = 23  # of OpenCLIP-H's 24: SD 2.x's diffusers text encoder
 
@@ -48,6 +46,12 @@ def sd2_text_encoder(checkpoint: Checkpoint) -> Checkpoint:
         raise CheckpointError(
             f"{checkpoint.source}: already SD 2.x's text encoder ({SD2_LAYERS} of OpenCLIP-H's 24 layers); convert it "
             "without --sd2."
+        )
+    if not checkpoint.has_text_projection:
+        raise CheckpointError(
+            f"{checkpoint.source}: has no text projection, so it is no whole OpenCLIP text tower but SD 2.x's text "
+            f"encoder already ({layers} layers, one fewer than its tower); --sd2 would remove a second layer "
+            f"({layers} -> {layers - 1}). Convert or stretch it without --sd2."
         )
     last = f"text_model.encoder.layers.{layers - 1}."
     for key in [k for k in checkpoint.state_dict if k.startswith(last) or not k.startswith("text_model.")]:
@@ -98,7 +102,7 @@ def convert(
         stretch_checkpoint(checkpoint, *stretch)
     if sd2:
         sd2_text_encoder(checkpoint)
-        pad_token = pad_token or "!"
+        pad_token = pad_token or OPEN_CLIP_PAD_TOKEN
     torch_dtype = DTYPES[dtype] if dtype else None
     with atomic_output(out, overwrite=overwrite) as tmp:
         if to == "diffusers":

@@ -39,6 +39,7 @@ from transformers import (
     CLIPVisionConfig,
 )
 
+from .constants import CLIP_BOS_TOKEN_ID, CLIP_EOS_TOKEN_ID
 from .hub import WEIGHT_SUFFIXES, resolve
 
 logger = logging.getLogger(__name__)
@@ -46,8 +47,6 @@ logger = logging.getLogger(__name__)
 # Published Long-CLIP checkpoints take rows 0..19 from `positional_embedding`, the rest from `..._res`.
 PUBLISHED_KEEP = 20
 OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask", "mask1", "mask2")
-CLIP_BOS_TOKEN_ID = 49406
-CLIP_EOS_TOKEN_ID = 49407
 
 
 class CheckpointError(ValueError):
@@ -691,6 +690,7 @@ def load_checkpoint(
         weights = _single_weights_file(path) or path / "open_clip_pytorch_model.bin"
         return _load_weights_file(weights, model_cfg)
     if (path / "text_encoder" / "config.json").is_file():
+        _require_one_text_encoder(path)
         return _load_hf_folder(path / "text_encoder")
     weights = _single_weights_file(path)
     if weights is None:
@@ -699,6 +699,22 @@ def load_checkpoint(
             f"weights file {'/'.join(WEIGHT_SUFFIXES)})."
         )
     return _load_weights_file(weights, model_cfg)
+
+
+def _require_one_text_encoder(pipeline: Path) -> None:
+    """Refuse a pipeline folder with several text encoders (SDXL, SD 3, Flux.1): which one to read is not for us to
+    guess. Its model_index.json names them (a Hub download holds only the `text_encoder/` it read)."""
+    index = pipeline / "model_index.json"
+    if not index.is_file():
+        return
+    components = _read_json(index)
+    encoders = sorted(name for name, value in components.items() if name.startswith("text_encoder") and value)
+    if len(encoders) > 1:
+        kind = components.get("_class_name", "diffusers")
+        raise CheckpointError(
+            f"{pipeline}: is a {kind} pipeline with {len(encoders)} text encoders ({', '.join(encoders)}); name the "
+            "one to read with --subfolder (subfolder= in Python), e.g. --subfolder text_encoder for its CLIP-L."
+        )
 
 
 def _open_clip_model_config(name: str) -> dict:

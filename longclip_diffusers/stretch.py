@@ -15,7 +15,8 @@ from collections.abc import MutableMapping
 import torch
 from torch import nn
 
-CLIP_POSITIONS = 77
+from .constants import CLIP_POSITIONS
+
 DEFAULT_KEEP = 20
 DEFAULT_RATIO = 4
 # The longest table stretching makes. Long-CLIP's has 248 rows (ratio 4). Longer gains nothing: rows interpolated

@@ -14,8 +14,8 @@ from transformers import (
     PreTrainedModel,
 )
 
+from .constants import CLIP_POSITIONS
 from .formats import Checkpoint, CheckpointError, load_checkpoint
-from .stretch import CLIP_POSITIONS
 from .writing import clip_config, text_config_dict, text_state_dict
 
 
@@ -24,8 +24,9 @@ def require_long(checkpoint: Checkpoint) -> None:
     if checkpoint.num_positions <= CLIP_POSITIONS:
         raise CheckpointError(
             f"{checkpoint.source}: has {checkpoint.num_positions} text positions, so it is a plain CLIP encoder, "
-            "not Long-CLIP. Use a Long-CLIP checkpoint, make a training-free long version with "
-            "`longclip stretch`, or pass allow_short=True to load it as it is."
+            "not Long-CLIP. Use a Long-CLIP checkpoint, or make a training-free long version of this one: "
+            "`longclip stretch SRC OUT` on the command line (then use OUT), `convert(SRC, OUT, stretch=(20, 4))` in "
+            "Python, where `LongCLIPTextEncoder.from_pretrained(SRC, allow_short=True)` also loads it as it is."
         )
 
 

@@ -38,12 +38,18 @@ from transformers import (
 )
 
 from .atomic import atomic_output
+from .constants import (
+    CLIP_BOS_TOKEN_ID,
+    CLIP_EOS_TOKEN_ID,
+    CLIP_PAD_TOKEN,
+    CLIP_POSITIONS,
+    CLIP_VOCAB_SIZE,
+    OPEN_CLIP_PAD_TOKEN,
+)
 from .convert import convert
-from .formats import CLIP_BOS_TOKEN_ID, CLIP_EOS_TOKEN_ID
-from .stretch import CLIP_POSITIONS, DEFAULT_KEEP, DEFAULT_RATIO
+from .stretch import DEFAULT_KEEP, DEFAULT_RATIO
 from .tokenizer import LongCLIPTokenizer
 
-CLIP_VOCAB_SIZE = 49408
 # A two-level UNet with one cross-attention level: 32x32 latents, 64x64 images with the tiny VAE.
 TINY_UNET = dict(
     block_out_channels=(32, 64),
@@ -74,7 +80,7 @@ def tiny_text_config(hidden_size: int = 32, projection_dim: int = 32, **override
     return CLIPTextConfig(**{**config, **overrides})
 
 
-def tiny_clip_tokenizer(pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
+def tiny_clip_tokenizer(pad_token: str = CLIP_PAD_TOKEN) -> CLIPTokenizer:
     """A stock `CLIPTokenizer` with CLIP's real vocabulary and 77 positions (as SD pipelines ship it)."""
     return copy.deepcopy(_built_clip_tokenizer(pad_token))  # a copy: a pipeline may add tokens to its own
 
@@ -145,7 +151,7 @@ def tiny_sdxl_pipeline(seed: int = 0):
         text_encoder=CLIPTextModel(tiny_text_config()).eval(),
         text_encoder_2=CLIPTextModelWithProjection(tiny_text_config()).eval(),
         tokenizer=tiny_clip_tokenizer(),
-        tokenizer_2=tiny_clip_tokenizer(pad_token="!"),
+        tokenizer_2=tiny_clip_tokenizer(pad_token=OPEN_CLIP_PAD_TOKEN),
         unet=unet,
         scheduler=scheduler,
     )
@@ -173,7 +179,7 @@ def tiny_sd2_pipeline(seed: int = 0):
     return StableDiffusionPipeline(
         vae=_tiny_vae(),
         text_encoder=CLIPTextModel(tiny_text_config(hidden_act="gelu", num_hidden_layers=4)).eval(),
-        tokenizer=tiny_clip_tokenizer(pad_token="!"),
+        tokenizer=tiny_clip_tokenizer(pad_token=OPEN_CLIP_PAD_TOKEN),
         unet=unet,
         scheduler=scheduler,
         safety_checker=None,
@@ -258,7 +264,7 @@ def tiny_sd3_pipeline(seed: int = 0):
         text_encoder=CLIPTextModelWithProjection(tiny_text_config()).eval(),
         tokenizer=tokenizer,
         text_encoder_2=CLIPTextModelWithProjection(tiny_text_config(hidden_act="gelu")).eval(),
-        tokenizer_2=tiny_clip_tokenizer(pad_token="!"),
+        tokenizer_2=tiny_clip_tokenizer(pad_token=OPEN_CLIP_PAD_TOKEN),
         text_encoder_3=tiny_t5_encoder(len(tokenizer_3)),
         tokenizer_3=tokenizer_3,
     )

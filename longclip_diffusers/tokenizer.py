@@ -22,12 +22,13 @@ from transformers import (
 )
 
 from .atomic import atomic_write
+from .constants import CLIP_BOS_TOKEN, CLIP_EOS_TOKEN, CLIP_PAD_TOKEN, LONG_CLIP_POSITIONS
 from .formats import CheckpointError, text_positions
 from .hub import WEIGHT_SUFFIXES, resolve
 
 __all__ = ["DEFAULT_MAX_LENGTH", "LongCLIPTokenizer", "check_pair", "clean_text", "write_clip_vocab"]
 
-DEFAULT_MAX_LENGTH = 248
+DEFAULT_MAX_LENGTH = LONG_CLIP_POSITIONS
 _MAX_SANE_LENGTH = 100_000  # saved configs use 1e30-like values to mean "unset"
 # transformers 4.x fast tokenizers route every call through `_batch_encode_plus`; 5.x through `_encode_plus`.
 _BATCH_IS_CHOKE_POINT = hasattr(CLIPTokenizerFast, "_batch_encode_plus")
@@ -58,7 +59,7 @@ def write_clip_vocab(folder: str | Path) -> None:
         merges = f.read().split("\n")[1 : 49152 - 256 - 2 + 1]
     byte_chars = list(bytes_to_unicode().values())
     tokens = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]  # 49406, 49407
+    tokens += [CLIP_BOS_TOKEN, CLIP_EOS_TOKEN]  # ids CLIP_BOS_TOKEN_ID, CLIP_EOS_TOKEN_ID
     vocab = {token: i for i, token in enumerate(tokens)}
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
@@ -108,7 +109,7 @@ class LongCLIPTokenizer(CLIPTokenizerFast):
     def __init__(
         self,
         *args: Any,
-        pad_token: str = "<|endoftext|>",
+        pad_token: str = CLIP_PAD_TOKEN,
         model_max_length: int = DEFAULT_MAX_LENGTH,
         split_special_tokens: bool = True,
         **kwargs: Any,
@@ -139,7 +140,7 @@ class LongCLIPTokenizer(CLIPTokenizerFast):
 
     @classmethod
     def from_clip_bpe(
-        cls, model_max_length: int = DEFAULT_MAX_LENGTH, pad_token: str = "<|endoftext|>"
+        cls, model_max_length: int = DEFAULT_MAX_LENGTH, pad_token: str = CLIP_PAD_TOKEN
     ) -> LongCLIPTokenizer:
         """Build the tokenizer offline from the BPE file that open_clip ships (about 0.2 s)."""
         _check_max_length(model_max_length)
@@ -170,7 +171,7 @@ class LongCLIPTokenizer(CLIPTokenizerFast):
             _check_max_length(model_max_length)
         source = pretrained_model_name_or_path
         if source is None:
-            return cls.from_clip_bpe(model_max_length or DEFAULT_MAX_LENGTH, pad_token or "<|endoftext|>")
+            return cls.from_clip_bpe(model_max_length or DEFAULT_MAX_LENGTH, pad_token or CLIP_PAD_TOKEN)
         path = resolve(source, subfolder=subfolder, revision=kwargs.pop("revision", None))
         if model_max_length is None and path.is_dir():
             # A text encoder stored beside the tokenizer decides the length: community Long-CLIP conversions
@@ -182,7 +183,7 @@ class LongCLIPTokenizer(CLIPTokenizerFast):
         if folder is None:
             if path.is_file() and path.suffix not in WEIGHT_SUFFIXES:
                 raise ValueError(f"{path} is neither a folder nor a weights file ({', '.join(WEIGHT_SUFFIXES)})")
-            return cls.from_clip_bpe(model_max_length or DEFAULT_MAX_LENGTH, pad_token or "<|endoftext|>")
+            return cls.from_clip_bpe(model_max_length or DEFAULT_MAX_LENGTH, pad_token or CLIP_PAD_TOKEN)
 
         if model_max_length is not None:
             kwargs["model_max_length"] = model_max_length

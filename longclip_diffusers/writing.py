@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPTextConfig
 
+from .constants import SAFETENSORS_DTYPES, config_dtype_name
 from .formats import Checkpoint, CheckpointError
 from .tokenizer import LongCLIPTokenizer, check_pair, tokenizer_folder
 
@@ -24,18 +25,6 @@ CLIP_IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 _PROGRESS_MIN_BYTES = 256 * 2**20  # show a progress bar when writing more than this
-SAFETENSORS_DTYPES = {  # torch dtype -> its name in a safetensors header
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
 
 
 def write_safetensors(
@@ -98,7 +87,7 @@ def text_config_dict(checkpoint: Checkpoint, with_projection: bool, dtype: torch
         config.projection_dim = checkpoint.state_dict["text_projection.weight"].shape[0]
     config = config.to_dict()
     if dtype is not None:
-        config["torch_dtype"] = config["dtype"] = str(dtype).removeprefix("torch.")
+        config["torch_dtype"] = config["dtype"] = config_dtype_name(dtype)
     return config
 
 

@@ -153,8 +153,12 @@ def load_pipelines(
         raise ValueError(
             f"{long_encoder}: its text encoder is {text_encoder.config.hidden_size} wide but {pipeline} conditions "
             f"on a {expected_width}-wide CLIP; use a Long-CLIP of the same size (LongCLIP-L for SD 1.5, SDXL, SD 3 "
-            "and Flux; a long OpenCLIP-H, `longclip stretch --sd2`, for SD 2.x)."
+            "and Flux; for SD 2.x a long OpenCLIP-H: `longclip stretch <SD 2.x pipeline> OUT --subfolder "
+            "text_encoder`, or `longclip convert SRC OUT --sd2` of a full-depth one)."
         )
+    check_depth(
+        text_encoder.config.num_hidden_layers, stock.text_encoder.config.num_hidden_layers, long_encoder, pipeline
+    )
     options = {"long_prompt_strategy": strategy or "chunk"} if family.has_big_g else {}
     with _quiet_empty_float32_warning():
         long = family.long.from_pipe(stock, text_encoder=text_encoder, tokenizer=tokenizer, **options)
@@ -162,6 +166,32 @@ def load_pipelines(
             stock.to(device, dtype)  # the Long-CLIP pipeline shares these modules
             long.text_encoder.to(device, dtype)
     return PipelinePair(stock, long, family)
+
+
+def check_depth(layers: int, expected: int, long_encoder: str | os.PathLike, pipeline: str | os.PathLike) -> None:
+    """Refuse a Long-CLIP whose depth is not the pipeline's own encoder's: the pipeline reads a layer counted from
+    the end, which would then be another layer's states."""
+    if layers == expected:
+        return
+    if layers == expected + 1:
+        fix = (
+            "a full-depth OpenCLIP-H (as open_clip and training keep it) gives SD 2.x's encoder through `longclip "
+            "convert SRC OUT --sd2` (use OUT)"
+        )
+    elif layers < expected:
+        fix = (
+            "it has lost layers: --sd2 on an encoder that was already SD 2.x's (`longclip stretch <sd2> OUT "
+            "--subfolder text_encoder --sd2`) removes a second one; make it again without --sd2"
+        )
+    else:
+        fix = (
+            "use a Long-CLIP made from this pipeline's own encoder: `longclip stretch PIPELINE OUT --subfolder "
+            "text_encoder`"
+        )
+    raise ValueError(
+        f"{long_encoder}: its text encoder has {layers} layers but the one of {pipeline} has {expected}, and the "
+        f"pipeline reads a layer counted from the end (another layer's states at another depth); {fix}."
+    )
 
 
 def check_size(width: int | None, height: int | None) -> None:

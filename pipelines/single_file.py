@@ -10,6 +10,7 @@ from typing import Any
 
 from transformers import CLIPTextConfig
 
+from longclip_diffusers.constants import CLIP_PAD_TOKEN, OPEN_CLIP_PAD_TOKEN
 from longclip_diffusers.formats import CheckpointError
 from longclip_diffusers.single_file import SLOT_PREFIXES, encoder_slots, read_encoder, read_single_file
 from longclip_diffusers.text_encoder import build_text_model
@@ -63,4 +64,6 @@ def _tokenizer(config: str | os.PathLike | None, name: str, length: int, slot) -
     """The pipeline's own tokenizer (from `config`) at the encoder's length, else CLIP's, padding as SD does."""
     if config:
         return LongCLIPTokenizer.from_pretrained(config, subfolder=name, model_max_length=length)
-    return LongCLIPTokenizer.from_clip_bpe(length, pad_token="!" if slot.with_projection else "<|endoftext|>")
+    return LongCLIPTokenizer.from_clip_bpe(
+        length, pad_token=OPEN_CLIP_PAD_TOKEN if slot.with_projection else CLIP_PAD_TOKEN
+    )

@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,9 @@ def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
     assert lines[0].startswith("longclip: error: ")
     for fragment in fragments:
         assert fragment in lines[0]
+
+
+PROGRESS_BAR = re.compile(r"^[^|]*\d+%\|[^|]*\| \d+/\d+ \[.*\]$")  # tqdm: "Loading ...:  40%|####  | 2/5 [...]"
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -273,3 +277,59 @@ def test_python_dash_m_has_every_command(command):
     assert names == EVERY_COMMAND
     result = subprocess.run([sys.executable, *command, "generate", "--pipeline"], capture_output=True, text=True)
     assert result.returncode == 2 and "argument --pipeline: expected one argument" in result.stderr
+
+
+def test_sd2_on_sd_2s_own_encoder_is_refused_instead_of_removing_a_second_layer(tiny_components, tmp_path, capsys):
+    sd2 = tiny_components / "sd2"
+    code, _, err = run_cli(capsys, "stretch", sd2, tmp_path / "x", "--subfolder", "text_encoder", "--sd2")
+    assert_one_line_error(
+        code, err, "has no text projection", "SD 2.x's text encoder already", "(4 -> 3)", "without --sd2"
+    )
+    code, _, err = run_cli(capsys, "convert", tiny_components / "longclip-sd2", tmp_path / "y", "--sd2")
+    assert_one_line_error(code, err, "would remove a second layer (4 -> 3)")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("base", "encoders"),
+    [
+        ("sd3", "text_encoder, text_encoder_2, text_encoder_3"),
+        ("sdxl", "text_encoder, text_encoder_2"),
+        ("flux", "text_encoder, text_encoder_2"),
+    ],
+)
+def test_a_pipeline_with_several_encoders_needs_a_subfolder(base, encoders, tiny_components, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "stretch", tiny_components / base, tmp_path / "x")
+    assert_one_line_error(code, err, f"text encoders ({encoders}); name the one to read with --subfolder")
+    code, _, err = run_cli(capsys, "stretch", tiny_components / base, tmp_path / "x", "--subfolder", "text_encoder")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "stretch", tiny_components / "sd15", tmp_path / "y")  # one encoder: no doubt
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    ("layers", "fragments"),
+    [
+        (5, ("has 5 layers", "has 4", "`longclip convert SRC OUT --sd2`")),
+        (3, ("has 3 layers", "has lost layers", "without --sd2")),
+    ],
+)
+def test_generate_refuses_an_encoder_of_another_depth(layers, fragments, tiny_components, tmp_path, capsys):
+    """One layer too many (a full-depth OpenCLIP-H, a text-only training output) reads the last layer where SD 2.x
+    reads the penultimate; one too few is what --sd2 on SD 2.x's own encoder used to make."""
+    encoder = tmp_path / "long"
+    config = tiny_text_config(hidden_act="gelu", num_hidden_layers=layers, max_position_embeddings=248)
+    CLIPTextModel(config).save_pretrained(encoder)
+    out = tmp_path / "x.png"
+    args = ["--pipeline", tiny_components / "sd2", "--long-encoder", encoder, "--prompt", "a cat", "--out", out]
+    code, _, err = run_cli(capsys, "generate", *args, "--steps", "1")
+    lines = [line.strip() for line in re.split(r"[\r\n]", err.replace("\x1b[A", ""))]  # after loading progress bars
+    assert_one_line_error(code, "\n".join(line for line in lines if line and not PROGRESS_BAR.match(line)), *fragments)
+    assert not out.exists()
+
+
+def test_a_short_encoder_is_refused_with_the_command_line_way_first(tiny_components, tmp_path, capsys):
+    out = tmp_path / "x.png"
+    args = ["--pipeline", tiny_components / "sd15", "--long-encoder", tiny_components / "sd15" / "text_encoder"]
+    code, _, err = run_cli(capsys, "generate", *args, "--prompt", "a cat", "--out", out)
+    assert_one_line_error(code, err, "has 77 text positions", "`longclip stretch SRC OUT` on the command line")

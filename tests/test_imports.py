@@ -10,24 +10,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from helpers.common import REPO_ROOT
+from helpers.common import APPLICATIONS, PACKAGE, REPO_ROOT, module_files
 
-PACKAGE = "longclip_diffusers"
-# Installed package -> folder (pyproject.toml's package-dir); the applications are installed inside the library.
-APPLICATIONS = {"pipelines": "pipelines", "training": "training", "demo": "demo"}
 ALLOWED_BETWEEN_APPLICATIONS = {("demo", "pipelines")}
-
-
-def module_files(root: Path = REPO_ROOT) -> dict[str, Path]:
-    """Every module of the installed package, by dotted name."""
-    folders = {PACKAGE: root / PACKAGE} | {f"{PACKAGE}.{name}": root / folder for name, folder in APPLICATIONS.items()}
-    modules = {}
-    for package, folder in folders.items():
-        for path in sorted(folder.rglob("*.py")):
-            parts = path.relative_to(folder).with_suffix("").parts
-            parts = parts[:-1] if parts[-1] == "__init__" else parts
-            modules[".".join((package, *parts))] = path
-    return modules
 
 
 def layer(module: str) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from torch import nn
 
 from longclip_diffusers.atomic import atomic_output, atomic_write
+from longclip_diffusers.constants import stable_diffusion_pad_token
 from longclip_diffusers.formats import checkpoint_from_state_dict
 from longclip_diffusers.writing import save_clip, save_diffusers
 
@@ -112,12 +113,6 @@ def export_final(model: nn.Module, model_cfg: dict, out: Path) -> None:
         else:
             pad_token = stable_diffusion_pad_token(model_cfg)
             save_diffusers(checkpoint, tmp, with_projection=checkpoint.has_text_projection, pad_token=pad_token)
-
-
-def stable_diffusion_pad_token(model_cfg: dict) -> str:
-    """The pad token of the Stable Diffusion tokenizers for a text tower of this family: "!" for OpenCLIP's GELU
-    towers (SD 2.x's encoder, SDXL's second), CLIP's end token for OpenAI's QuickGELU ones (SD 1.x, SDXL's first)."""
-    return "<|endoftext|>" if model_cfg.get("quick_gelu") else "!"
 
 
 def plot_losses(metrics_file: Path, out: Path) -> None:

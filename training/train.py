@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from longclip_diffusers.atomic import atomic_write, replace_when_done
+from longclip_diffusers.constants import OPEN_CLIP_PAD_TOKEN
 from longclip_diffusers.tokenizer import LongCLIPTokenizer
 
 from .checkpoints import newest_intact_checkpoint, resume_checkpoint, save_checkpoint
@@ -104,7 +105,7 @@ def build_loader(
 ) -> DataLoader:
     """The training batches; refuses, before any training, data that cannot fill one batch in every process.
     `cache`: the description of the --image-features cache, when already read."""
-    tokenizer = LongCLIPTokenizer.from_clip_bpe(model_max_length=context_length, pad_token="!")
+    tokenizer = LongCLIPTokenizer.from_clip_bpe(model_max_length=context_length, pad_token=OPEN_CLIP_PAD_TOKEN)
 
     def tokenize(texts: list[str]) -> torch.Tensor:
         return tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt").input_ids

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+from ..constants import CLIP_PAD_TOKEN, OPEN_CLIP_PAD_TOKEN
 from ..convert import stretch_checkpoint
 from ..formats import Checkpoint, CheckpointError, checkpoint_from_state_dict, load_checkpoint
 from ..stretch import CLIP_POSITIONS, DEFAULT_KEEP, DEFAULT_RATIO
@@ -18,7 +19,7 @@ from ..writing import text_state_dict
 
 CLIP_TYPES: tuple[str, ...] = ("clip_l", "clip_g")
 # How SD / SDXL's tokenizers (and ComfyUI's) pad: CLIP-L with the end token, OpenCLIP-bigG with "!" (id 0).
-PAD_TOKENS = {"clip_l": "<|endoftext|>", "clip_g": "!"}
+PAD_TOKENS = {"clip_l": CLIP_PAD_TOKEN, "clip_g": OPEN_CLIP_PAD_TOKEN}
 
 
 @dataclass

@@ -85,3 +85,20 @@ def published_longclip_state_dict(seed: int = 0) -> tuple[dict, object]:
     state_dict["positional_embedding"] = frozen
     state_dict["positional_embedding_res"] = residual
     return state_dict, model
+
+
+PACKAGE = "longclip_diffusers"
+# Installed package -> folder (pyproject.toml's package-dir); the applications are installed inside the library.
+APPLICATIONS = {"pipelines": "pipelines", "training": "training", "demo": "demo"}
+
+
+def module_files(root: Path = REPO_ROOT) -> dict[str, Path]:
+    """Every module of the installed package, by dotted name."""
+    folders = {PACKAGE: root / PACKAGE} | {f"{PACKAGE}.{name}": root / folder for name, folder in APPLICATIONS.items()}
+    modules = {}
+    for package, folder in folders.items():
+        for path in sorted(folder.rglob("*.py")):
+            parts = path.relative_to(folder).with_suffix("").parts
+            parts = parts[:-1] if parts[-1] == "__init__" else parts
+            modules[".".join((package, *parts))] = path
+    return modules
