@@ -151,3 +151,32 @@ def test_two_processes_train_with_the_term(data, tmp_path):
     rows = rows_of(tmp_path / "two")
     assert [row["step"] for row in rows] == [1, 2, 3]
     assert rows[0]["drift_rel_l2"] < 1e-6 < rows[2]["drift_rel_l2"] and all(np.isfinite(r["loss"]) for r in rows)
+
+
+def test_on_cached_image_features_the_term_trains_as_with_the_live_frozen_image_tower(tmp_path):
+    from helpers.training import save_pretrained
+    from safetensors.torch import load_file
+
+    from longclip_diffusers.cli import main
+
+    data = write_dataset(tmp_path / "data", count=16)
+    pretrained = str(save_pretrained(data / "pretrained.safetensors", seed=5))
+    cache = tmp_path / "features"
+    cache_args = [
+        "cache-features", "--model", data / "tiny.json", "--pretrained", pretrained, "--train-data",
+        data / "train.jsonl", "--output", cache, "--shard-size", 8, "--batch-size", 8, "--workers", 0,
+    ]  # fmt: skip
+    assert main([str(arg) for arg in cache_args]) == 0
+    exact = dict(epochs=2, pca_components=4, eps=1e-3, report_to="none", preserve_conditioning=1.0)  # as test_features
+    live, cached = tmp_path / "live", tmp_path / "cached"
+    train(config_for(data, live, pretrained=pretrained, freeze=["vision"], **exact))
+    train(config_for(data, cached, pretrained=pretrained, image_features=str(cache), **exact))
+    live_rows, cached_rows = rows_of(live), rows_of(cached)
+    assert len(live_rows) == len(cached_rows) == 4 and cached_rows[-1]["drift_rel_l2"] > 1e-3
+    for live_row, cached_row in zip(live_rows, cached_rows, strict=True):
+        for key in ("loss", "preserve_loss", "drift_rel_l2"):
+            assert abs(cached_row[key] - live_row[key]) <= max(1e-5, 1e-6 * abs(live_row[key])), (key, live_row)
+    last = "checkpoints/step_4/model.safetensors"
+    live_weights, cached_weights = load_file(live / last), load_file(cached / last)
+    for key, value in cached_weights.items():
+        torch.testing.assert_close(value, live_weights[key], atol=1e-5, rtol=0, msg=key)
