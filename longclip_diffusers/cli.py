@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from .arguments import integer, real
 from .convert import DTYPES, OUTPUT_LAYOUTS, convert
@@ -219,9 +218,7 @@ def _generate(args: argparse.Namespace) -> str:
     from .prompts import parse_weighted_prompt
 
     # Everything that can be checked without the models, before they load.
-    generation.image_format(args.out)
-    if Path(args.out).exists() and not args.overwrite:
-        raise FileExistsError(f"{args.out}: already exists; choose another --out or pass --overwrite to replace it.")
+    generation.check_out(args.out, args.overwrite)
     generation.check_size(args.width, args.height)
     for prompt in (args.prompt, args.negative or ""):
         parse_weighted_prompt(prompt)  # refuses weights out of range
