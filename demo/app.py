@@ -244,12 +244,12 @@ def validate(base: str, prompt: str, negative: str | None, seed: float, steps: f
     }
     if not _is_number(guidance) or not 0 <= guidance <= MAX_GUIDANCE:
         raise ValueError(f"Guidance must be a number between 0 and {MAX_GUIDANCE}, got {guidance!r}.")
-    pixels = options["width"] * options["height"]
+    pixels, full_size = options["width"] * options["height"], MAX_PIXEL_STEPS // MAX_SIZE**2
     if options["steps"] * pixels > MAX_PIXEL_STEPS:
         raise ValueError(
             f"{options['steps']} steps at {options['width']}x{options['height']} is more than one request may cost: "
-            f"at that size the demo runs at most {MAX_PIXEL_STEPS // pixels} steps (50 at 1024x1024). Lower the "
-            "steps or the size."
+            f"at that size the demo runs at most {MAX_PIXEL_STEPS // pixels} steps ({full_size} at "
+            f"{MAX_SIZE}x{MAX_SIZE}). Lower the steps or the size."
         )
     return {**options, "guidance_scale": float(guidance)}
 
