@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 import math
 import os
@@ -17,16 +16,19 @@ import torch
 from PIL import Image
 
 from longclip_diffusers.formats import load_checkpoint
+from longclip_diffusers.hub import looks_local
 from longclip_diffusers.pipelines.generate import (
     PipelinePair,
+    T5Reading,
     generate,
     load_pipelines,
     pipeline_family,
     windows_limit,
+    windows_read,
 )
 from longclip_diffusers.prompts import parse_weighted_prompt
 
-from .tokens import DROPPED, LONG_ONLY, VANILLA_ONLY, T5Reading, prompt_coverage
+from .tokens import DROPPED, LONG_ONLY, VANILLA_ONLY, prompt_coverage
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +54,14 @@ BASES = {
 DEFAULT_ENCODER = "BeichenZhang/LongCLIP-L"  # Long-CLIP-L: SD 1.5's, SDXL's and SD 3's first encoder, Flux's CLIP
 # SD 2.x conditions on OpenCLIP-H, not CLIP-L: it needs a long H of its own (no published one; `longclip stretch`)
 ENVIRONMENT = {"encoder": "LONGCLIP_ENCODER", "sd2_encoder": "LONGCLIP_SD2_ENCODER"}
-T5_TOKENIZERS = {"SD 3": "tokenizer_3", "Flux.1": "tokenizer_2"}  # where SD 3 and Flux keep T5's tokenizer
 MAX_PROMPT_CHARS = 4000  # the prompt and the negative prompt each
+# What one request may cost, so that no prompt stalls the queue for everyone (requests run one at a time): each
+# Long-CLIP window adds 248 tokens to what the UNet or transformer attends to at every step (`"BREAK " * 666`, inside
+# the character limit, made 666 windows: 337 s a step on the tiny SD 3.5), and steps x pixels is the denoising work.
+MAX_WINDOWS = 8  # per prompt, and per negative prompt
 MAX_STEPS = 100
 MAX_SIZE = 1024
+MAX_PIXEL_STEPS = 50 * 1024 * 1024  # 50 steps at 1024 x 1024; more steps at smaller sizes
 MAX_GUIDANCE = 30
 MAX_SEED = 2**53 - 1  # the largest whole number a browser's number field keeps exact
 # Gradio's highlighted text breaks lines inside words (`word-break: break-all`) and lays each span out as a flex
@@ -68,6 +74,7 @@ CSS = """
 #highlighted .token.highlighted { margin: 0; padding: 0; }
 #highlighted .text { font-size: var(--body-text-size); background-color: inherit; padding: var(--size-0-5) 0; }
 #highlighted .label { font-size: calc(0.7 * var(--body-text-size)); }
+#message p { color: var(--error-text-color); font-weight: 600; }
 """
 TINY_BANNER = (
     "**Offline mode: tiny random models.** The images come from tiny random weights and look like noise; "
@@ -122,11 +129,12 @@ class Sources:
         return cls({name: chosen[name] for name in BASES if encoders[name]}, encoders)
 
     @classmethod
-    def tiny_components(cls) -> Sources:
-        """Every base on the tiny random components, each with the tiny Long-CLIP shaped like its CLIP encoder."""
+    def tiny_components(cls, folder: Path) -> Sources:
+        """Every base on the tiny random components (written under `folder`), each with the tiny Long-CLIP shaped
+        like its CLIP encoder."""
         from longclip_diffusers.tiny import write_tiny_components
 
-        folder = write_tiny_components(Path(tempfile.mkdtemp(prefix="longclip-demo-")) / "tiny")
+        folder = write_tiny_components(folder / "tiny")
         pipelines = {name: str(folder / base.flag) for name, base in BASES.items()}
         encoders = {name: str(folder / f"longclip-{base.flag}") for name, base in BASES.items()}
         return cls(pipelines, encoders, tiny=True)
@@ -146,6 +154,19 @@ class Sources:
                 continue
             offered[name] = source
         return Sources(offered, self.encoders, self.tiny)
+
+    def check_local_paths(self) -> None:
+        """Refuse at once a source that can only be a local path and is not there (a typo): no Hub retries, no
+        falling back to other models."""
+        for name, pipeline in self.pipelines.items():
+            flag, encoder = ("sd2-encoder", "sd2_encoder") if name == "SD 2.x" else ("long-encoder", "encoder")
+            settings = [(pipeline, BASES[name].flag, BASES[name].environment, "pipeline")]
+            settings += [(self.encoders[name], flag, ENVIRONMENT[encoder], "Long-CLIP encoder")]
+            for source, flag, environment, what in settings:
+                if looks_local(source) and not Path(source).expanduser().exists():
+                    raise FileNotFoundError(
+                        f"{source}: no such file or folder (the {name} {what}, from --{flag} or {environment})."
+                    )
 
 
 @dataclass
@@ -223,7 +244,32 @@ def validate(base: str, prompt: str, negative: str | None, seed: float, steps: f
     }
     if not _is_number(guidance) or not 0 <= guidance <= MAX_GUIDANCE:
         raise ValueError(f"Guidance must be a number between 0 and {MAX_GUIDANCE}, got {guidance!r}.")
+    pixels, full_size = options["width"] * options["height"], MAX_PIXEL_STEPS // MAX_SIZE**2
+    if options["steps"] * pixels > MAX_PIXEL_STEPS:
+        raise ValueError(
+            f"{options['steps']} steps at {options['width']}x{options['height']} is more than one request may cost: "
+            f"at that size the demo runs at most {MAX_PIXEL_STEPS // pixels} steps ({full_size} at "
+            f"{MAX_SIZE}x{MAX_SIZE}). Lower the steps or the size."
+        )
     return {**options, "guidance_scale": float(guidance)}
+
+
+def check_windows(pair: PipelinePair, prompt: str, negative: str | None) -> None:
+    """Refuse a prompt Long-CLIP would read in more than `MAX_WINDOWS` windows (the cost of a step grows with
+    them), and a prompt that holds no words for it (only `BREAK`s, say)."""
+    long = pair.long
+    capacity = long.tokenizer.model_max_length - 2
+    for name, text in (("prompt", prompt), ("negative prompt", negative or "")):
+        read = windows_read(long.tokenizer, text, long.config.prompt_weighting, windows_limit(long))
+        if read.windows > MAX_WINDOWS:
+            breaks = "BREAK" in text  # each one starts a window
+            raise ValueError(
+                f"The {name} makes {read.windows} windows of {capacity} tokens for Long-CLIP ({read.tokens} tokens"
+                f"{', and each BREAK starts a window' if breaks else ''}); the demo encodes at most {MAX_WINDOWS}. "
+                f"Shorten it{' or use fewer BREAKs' if breaks else ''}."
+            )
+        if name == "prompt" and read.tokens == 0:
+            raise ValueError("The prompt holds no words once BREAK and the weighting syntax are taken out.")
 
 
 def _is_number(value: object) -> bool:
@@ -247,6 +293,7 @@ def compare(models: Models, base: str, prompt: str, negative: str, seed: int, st
         pair = models.pair(base)
         ignored_negative = bool(negative) and not pair.family.reads_negative
         negative = None if ignored_negative else negative or None
+        check_windows(pair, prompt, negative)
         vanilla = generate(pair.stock, prompt, negative, **options)
         long = generate(pair.long, prompt, negative, **options)
         coverage = prompt_coverage(
@@ -256,7 +303,7 @@ def compare(models: Models, base: str, prompt: str, negative: str, seed: int, st
             weighting=pair.long.config.prompt_weighting,
             max_windows=windows_limit(pair.long),
             pooled_only=pair.family.name == "Flux.1",
-            t5=_t5_reading(pair),
+            t5=T5Reading.of(pair),
         )
         summary = coverage.summary
         if ignored_negative:
@@ -274,13 +321,16 @@ def compare(models: Models, base: str, prompt: str, negative: str, seed: int, st
         raise gr.Error(f"Generation failed: {type(error).__name__}: {error}") from None
 
 
-def _t5_reading(pair: PipelinePair) -> T5Reading | None:
-    """SD 3's and Flux's T5: its tokenizer, and the `max_sequence_length` the pipeline reads by default."""
-    name = T5_TOKENIZERS.get(pair.family.name)
-    if name is None:
-        return None
-    length = inspect.signature(type(pair.long).__call__).parameters["max_sequence_length"].default
-    return T5Reading(getattr(pair.long, name), length)
+def respond(models: Models, *inputs) -> tuple:
+    """`compare` for the page, with one more output, the message: a refused or failed request shows only its
+    message (no error pills over every output, no toast besides) and clears the previous result, which no longer
+    matches the inputs. API clients get the same: empty results and the message."""
+    import gradio as gr
+
+    try:
+        return *compare(models, *inputs), ""
+    except gr.Error as error:
+        return None, None, "", None, "", error.message
 
 
 def build_app(models: Models):
@@ -310,6 +360,7 @@ def build_app(models: Models):
                 height = gr.Slider(64, MAX_SIZE, value=default_size, step=8, label="Height")
         gr.Examples(EXAMPLES, inputs=[prompt])
         button = gr.Button("Generate", variant="primary", elem_id="generate")
+        message = gr.Markdown(elem_id="message")
         with gr.Row():
             vanilla = gr.Image(label="vanilla CLIP (77 tokens)", type="pil", elem_id="vanilla")
             long = gr.Image(label="Long-CLIP (248 tokens per window)", type="pil", elem_id="long")
@@ -322,9 +373,9 @@ def build_app(models: Models):
         )
         scores = gr.Markdown(elem_id="scores")
         button.click(
-            lambda *inputs: compare(models, *inputs),
+            lambda *inputs: respond(models, *inputs),
             inputs=[base, prompt, negative, seed, steps, guidance, width, height],
-            outputs=[vanilla, long, count, highlighted, scores],
+            outputs=[vanilla, long, count, highlighted, scores, message],
             concurrency_limit=1,
         )
     app.queue(max_size=32)
@@ -333,19 +384,33 @@ def build_app(models: Models):
 
 def load_models(args: argparse.Namespace) -> Models:
     """The real models (SD 1.5 loaded now, the other bases on first use; those whose model_index.json cannot be
-    read are not offered), unless `--tiny` or SD 1.5 cannot be loaded (no Hub access and nothing cached): then the
-    tiny random components, every base."""
+    read are not offered), unless `--tiny` or the default SD 1.5 cannot be loaded (no Hub access and nothing
+    cached): then the tiny random components, every base. A local path that is not there is refused at once, and
+    an SD 1.5 or Long-CLIP-L named by a flag or variable that does not load is an error, not a reason to fall back.
+    """
     if not args.tiny:
         pipelines = {name: getattr(args, base.flag) for name, base in BASES.items()}
-        models = Models(Sources.from_settings(pipelines, args.long_encoder, args.sd2_encoder))
+        sources = Sources.from_settings(pipelines, args.long_encoder, args.sd2_encoder)
+        sources.check_local_paths()
+        models = Models(sources)
         try:
             models.pair("SD 1.5")
             models.sources = models.sources.loadable()
             return models
         except OSError as error:
+            if (sources.pipelines["SD 1.5"], sources.encoders["SD 1.5"]) != (BASES["SD 1.5"].default, DEFAULT_ENCODER):
+                raise  # named by a flag or variable: the user wants those models
             logger.warning("Could not load the real models (%s); starting on tiny random components.", error)
-    models = Models(Sources.tiny_components())
-    models.pair("SD 1.5")
+    return load_tiny_models()
+
+
+def load_tiny_models() -> Models:
+    """Every base on the tiny random components, loaded into memory from a temporary folder that is then removed
+    (it held 171 MB, left behind by every start)."""
+    with tempfile.TemporaryDirectory(prefix="longclip-demo-") as folder:
+        models = Models(Sources.tiny_components(Path(folder)))
+        for base in models.sources.bases:
+            models.pair(base)
     return models
 
 

@@ -17,22 +17,17 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from longclip_diffusers.prompts import tokenize_weighted, tokenize_windows
+from longclip_diffusers.pipelines.generate import T5Reading
+from longclip_diffusers.prompts import tokenize_windows
 from longclip_diffusers.token_counts import windows_read
+
+__all__ = ["DROPPED", "LONG_ONLY", "VANILLA_ONLY", "PromptCoverage", "T5Reading", "prompt_coverage"]
 
 BOTH = None  # text both encoders read (no highlight)
 LONG_ONLY = "only Long-CLIP reads this"
 VANILLA_ONLY = "only vanilla CLIP reads this"
 DROPPED = "neither CLIP reads this"
 _WORD = re.compile(r"\S+")
-
-
-@dataclass
-class T5Reading:
-    """SD 3's or Flux's T5 as the pipeline reads the prompt: its tokenizer and `max_sequence_length`."""
-
-    tokenizer: PreTrainedTokenizerBase
-    max_sequence_length: int
 
 
 @dataclass
@@ -45,6 +40,7 @@ class PromptCoverage:
     long_tokens: int
     long_reads: int
     long_windows: int  # the windows Long-CLIP encodes
+    empty_windows: int  # of those, the ones holding no token (`BREAK` with no words before it)
     window_capacity: int  # content tokens per Long-CLIP window
     spans: list[tuple[str, str | None]]
     pooled_only: bool = False  # Flux: Long-CLIP-L's pooled vector, of the first window
@@ -57,7 +53,10 @@ class PromptCoverage:
 
     def _clip_summary(self) -> str:
         counts = f"**{self.vanilla_tokens} tokens for vanilla CLIP, {self.long_tokens} for Long-CLIP**"
-        windows = f" in {self.long_windows} windows of {self.window_capacity}" if self.long_windows > 1 else ""
+        windows = ""
+        if self.long_windows > 1:
+            empty = f", {self.empty_windows} of them empty: no words before a BREAK"
+            windows = f" in {self.long_windows} windows of {self.window_capacity}{empty if self.empty_windows else ''}"
         if self.pooled_only:
             windows = " (Flux reads CLIP-L's pooled vector, of one window)"
         if self.vanilla_reads == self.vanilla_tokens and self.long_reads == self.long_tokens:
@@ -108,14 +107,14 @@ def prompt_coverage(
         long_cut = _long_cut(prompt, long_tokenizer, capacity, weighting, long.read)
     t5_tokens = t5_reads = None
     if t5 is not None:  # as `encode_t5_prompts` reads it: the parsed prompt, then `</s>`
-        t5_tokens = sum(len(ids) for ids, _ in tokenize_weighted(prompt, t5.tokenizer, weighting))
-        t5_reads = min(t5_tokens, t5.max_sequence_length - 1)
+        t5_tokens, t5_reads = t5.read(prompt, weighting)
     return PromptCoverage(
         vanilla_tokens=len(vanilla.input_ids),
         vanilla_reads=vanilla_reads,
         long_tokens=long.tokens,
         long_reads=long.read,
         long_windows=long.windows,
+        empty_windows=long.empty,
         window_capacity=capacity,
         spans=_spans(prompt, vanilla_cut, long_cut),
         pooled_only=pooled_only,

@@ -29,6 +29,13 @@ def _refuse_existing(out: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{out}: already exists; choose another output or pass --overwrite.")
 
 
+def refuse_file_above(out: str | os.PathLike) -> None:
+    """Refuse, before any work, an `out` under a file (`notes.txt/image.png`), where nothing can be written."""
+    above = next(folder for folder in Path(out).absolute().parents if folder.exists())
+    if not above.is_dir():
+        raise NotADirectoryError(f"{out}: {above} is a file, not a folder to write into.")
+
+
 def publish(staging: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:
     """Move a finished file or folder `staging` to `out` (same file system), replacing `out` only if `overwrite`.
 

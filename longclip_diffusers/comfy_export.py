@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .atomic import atomic_output
+from .atomic import atomic_output, refuse_file_above
 from .comfyui.encoders import CLIP_TYPES, read_back_single_file, role_problem
 from .convert import DTYPES
 from .formats import Checkpoint, CheckpointError, load_checkpoint
@@ -336,6 +336,9 @@ def export_comfyui(
     `dtype` (fp32, fp16, bf16) converts the encoders' weights. Returns `out`.
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out}: is a file; OUT is the folder to write into (a ComfyUI folder, say).")
+    refuse_file_above(out)
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"Unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}.")
     names = [encoder_file_name(source) for source in encoders]

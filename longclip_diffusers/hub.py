@@ -17,12 +17,15 @@ _SMALL_FILE_SUFFIXES = (".json", ".txt")
 _KNOWN_SUBFOLDERS = ("", "text_encoder", "tokenizer")
 
 
-def _looks_local(source: str) -> bool:
+def looks_local(source: str) -> bool:
+    """Whether `source` can only be a local path (not a Hub repo id `owner/name`): absolute or relative with `.`,
+    `~`, more than one `/`, a weights suffix, or a first part that is a local folder (`models/typo`)."""
     return (
         source.startswith((".", "/", "~"))
         or os.sep in source.replace("/", "", 1)
         or source.count("/") != 1
         or source.endswith(WEIGHT_SUFFIXES)
+        or Path(source.split("/")[0]).is_dir()
     )
 
 
@@ -59,7 +62,7 @@ def resolve(source: str | os.PathLike, *, subfolder: str | None = None, revision
             raise FileNotFoundError(f"{path}: no such file or folder (subfolder {subfolder!r} of {source}).")
         return path
     source = str(source)
-    if _looks_local(source):
+    if looks_local(source):
         raise FileNotFoundError(f"{source}: no such file or folder (and it is not a Hugging Face Hub repo id).")
     try:
         repo_files = huggingface_hub.list_repo_files(source, revision=revision)

@@ -22,13 +22,16 @@ class LongRead:
     tokens: int
     read: int
     windows: int
+    empty: int = 0  # windows read that hold no token (`BREAK` with no words before it)
 
     def __str__(self) -> str:
-        """ "1 token", "12 tokens", "400 tokens in 2 windows", or "the first 246 of 400 tokens"."""
+        """ "1 token", "12 tokens", "400 tokens in 2 windows", "2 tokens in 3 windows, 1 empty", or "the first
+        246 of 400 tokens"."""
         tokens = f"{self.tokens} token{'' if self.tokens == 1 else 's'}"
         if self.read < self.tokens:
             return f"the first {self.read} of {tokens}"
-        return tokens if self.windows == 1 else f"{tokens} in {self.windows} windows"
+        empty = f", {self.empty} empty" if self.empty else ""
+        return tokens if self.windows == 1 else f"{tokens} in {self.windows} windows{empty}"
 
 
 def windows_read(
@@ -39,4 +42,5 @@ def windows_read(
     capacity = tokenizer.model_max_length - 2
     windows = tokenize_windows(prompt, tokenizer, capacity, weighting).token_ids
     read_windows = windows[:max_windows] if max_windows is not None else windows
-    return LongRead(sum(map(len, windows)), sum(map(len, read_windows)), len(read_windows))
+    tokens, read = sum(map(len, windows)), sum(map(len, read_windows))
+    return LongRead(tokens, read, len(read_windows), sum(not window for window in read_windows))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from longclip_diffusers.arguments import integer, real
 from longclip_diffusers.commands import Command
@@ -65,9 +64,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
 def run_generate(args: argparse.Namespace) -> str:
     """Carry out `longclip generate`; return the line to print."""
     # Everything that can be checked without the models, before they load.
-    generation.image_format(args.out)
-    if Path(args.out).exists() and not args.overwrite:
-        raise FileExistsError(f"{args.out}: already exists; choose another --out or pass --overwrite to replace it.")
+    generation.check_out(args.out, args.overwrite)
     generation.check_size(args.width, args.height)
     for prompt in (args.prompt, args.negative or ""):
         parse_weighted_prompt(prompt)  # refuses weights out of range

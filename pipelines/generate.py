@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Iterator
@@ -18,10 +19,13 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 from PIL import Image
+from transformers import PreTrainedTokenizerBase
 
 from longclip_diffusers import LongCLIPTextEncoder, LongCLIPTokenizer
-from longclip_diffusers.atomic import atomic_write
+from longclip_diffusers.atomic import atomic_write, refuse_file_above
 from longclip_diffusers.grid import captioned_grid
+from longclip_diffusers.hub import looks_local
+from longclip_diffusers.prompts import tokenize_weighted
 from longclip_diffusers.token_counts import LongRead, count_tokens, windows_read
 
 from .longclip_flux.pipeline import LongCLIPFluxPipeline
@@ -31,6 +35,8 @@ from .longclip_sdxl.pipeline import LongCLIPStableDiffusionXLPipeline
 
 # What `generate --out` writes, by suffix (lossless first). Pillow registers more, some only as stubs that fail.
 IMAGE_SUFFIXES = (".png", ".webp", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+LOGGED_PROMPT_CHARS = 400  # a warning that quotes a prompt is cut to this many characters
+T5_TOKENIZERS = {"SD 3": "tokenizer_3", "Flux.1": "tokenizer_2"}  # where SD 3 and Flux keep T5's tokenizer
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,10 @@ class PipelinePair:
 def pipeline_family(pipeline: str | os.PathLike) -> Family:
     """The family of a diffusers pipeline (Hub id or folder), from `_class_name` in its model_index.json (read
     alone, before any model)."""
+    if looks_local(str(pipeline)) and not Path(pipeline).expanduser().exists():  # no Hub retries for a typo
+        raise FileNotFoundError(
+            f"{pipeline}: no diffusers pipeline there (no such folder, and not a Hugging Face Hub repo id)."
+        )
     try:
         class_name = DiffusionPipeline.load_config(pipeline).get("_class_name")
     except OSError as error:  # diffusers' messages run over several lines
@@ -122,6 +132,39 @@ def _quiet_empty_float32_warning() -> Iterator[None]:
         yield
     finally:
         modeling_logger.removeFilter(names_modules)
+
+
+class _BoundedPromptWarnings(logging.Filter):
+    """Drop transformers' "indexing errors" warning, and cut a warning that quotes a prompt to
+    `LOGGED_PROMPT_CHARS` characters."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Token indices sequence length is longer than the specified maximum"):
+            return False
+        if len(message) > LOGGED_PROMPT_CHARS:
+            record.msg = f"{message[:LOGGED_PROMPT_CHARS]}... ({len(message) - LOGGED_PROMPT_CHARS} more characters)"
+            record.args = ()
+        return True
+
+
+@contextmanager
+def _bounded_prompt_warnings(pipe: DiffusionPipeline) -> Iterator[None]:
+    """While `pipe` reads a prompt that may be long, on purpose: no "Running this sequence through the model will
+    result in indexing errors" from transformers (the pipelines truncate or window the ids, nothing indexes past the
+    model's length), and the text the stock pipelines, T5 and `max_prompt_windows` log as dropped cut short (a
+    5,000-token prompt made one 19 KB line)."""
+    names = ("transformers.tokenization_utils_base", "longclip_diffusers.prompts", type(pipe).__module__)
+    names += tuple(parent.__module__ for parent in type(pipe).__mro__ if parent.__module__.startswith("diffusers."))
+    loggers = [logging.getLogger(name) for name in dict.fromkeys(names)]
+    bounded = _BoundedPromptWarnings()
+    for each in loggers:
+        each.addFilter(bounded)
+    try:
+        yield
+    finally:
+        for each in loggers:
+            each.removeFilter(bounded)
 
 
 def load_pipelines(
@@ -216,6 +259,18 @@ def image_format(out: str | os.PathLike) -> str:
     return found
 
 
+def check_out(out: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse, before any model loads, an `out` that `save_image` could not write: no image suffix, a folder, a
+    path under a file, or an existing file without `overwrite`."""
+    image_format(out)
+    path = Path(out)
+    if path.is_dir():
+        raise IsADirectoryError(f"{out}: is a folder; --out names the image file to write, e.g. {path / 'image.png'}.")
+    refuse_file_above(out)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{out}: already exists; choose another --out or pass --overwrite to replace it.")
+
+
 def generate(
     pipe: DiffusionPipeline,
     prompt: str,
@@ -230,15 +285,16 @@ def generate(
     """One image; the generator lives on the CPU so a seed gives the same noise on every device."""
     check_size(width, height)
     extra = {"guidance_scale": guidance_scale} if guidance_scale is not None else {}
-    return pipe(
-        prompt,
-        negative_prompt=negative_prompt,
-        num_inference_steps=steps,
-        generator=torch.Generator("cpu").manual_seed(seed),
-        width=width,
-        height=height,
-        **extra,
-    ).images[0]
+    with _bounded_prompt_warnings(pipe):
+        return pipe(
+            prompt,
+            negative_prompt=negative_prompt,
+            num_inference_steps=steps,
+            generator=torch.Generator("cpu").manual_seed(seed),
+            width=width,
+            height=height,
+            **extra,
+        ).images[0]
 
 
 def windows_limit(pipe: DiffusionPipeline) -> int | None:
@@ -252,9 +308,34 @@ def long_read(pipe: DiffusionPipeline, prompt: str) -> LongRead:
     return windows_read(pipe.tokenizer, prompt, pipe.config.prompt_weighting, windows_limit(pipe))
 
 
+@dataclass
+class T5Reading:
+    """SD 3's or Flux's T5 as a pipeline reads the prompt: its tokenizer and `max_sequence_length`."""
+
+    tokenizer: PreTrainedTokenizerBase
+    max_sequence_length: int
+
+    @classmethod
+    def of(cls, pair: PipelinePair) -> T5Reading | None:
+        """The pair's T5 (shared by both pipelines) and the `max_sequence_length` they read by default; None for
+        families without T5."""
+        name = T5_TOKENIZERS.get(pair.family.name)
+        if name is None:
+            return None
+        length = inspect.signature(type(pair.long).__call__).parameters["max_sequence_length"].default
+        return cls(getattr(pair.long, name), length)
+
+    def read(self, prompt: str, weighting: bool = True) -> tuple[int, int]:
+        """The prompt's T5 tokens and how many T5 reads: with `weighting` as `encode_t5_prompts` reads it (the
+        parsed prompt), without it as the stock pipelines (the raw text); the first `max_sequence_length - 1`,
+        then `</s>`."""
+        tokens = sum(len(ids) for ids, _ in tokenize_weighted(prompt, self.tokenizer, weighting))
+        return tokens, min(tokens, self.max_sequence_length - 1)
+
+
 def compare(pair: PipelinePair, prompt: str, negative_prompt: str | None = None, **kwargs) -> Image.Image:
     """vanilla CLIP | Long-CLIP on the same seed, captioned with what each one's CLIP-L read of the prompt (each
-    counted with its own tokenizer)."""
+    counted with its own tokenizer), and for SD 3 and Flux what T5 read in each."""
     stock_tokens = count_tokens(pair.stock.tokenizer, prompt)
     stock_reads = min(stock_tokens, pair.stock.tokenizer.model_max_length - 2)
     images = [
@@ -266,6 +347,11 @@ def compare(pair: PipelinePair, prompt: str, negative_prompt: str | None = None,
         f"vanilla CLIP: reads {stock_reads} of {stock_tokens} tokens",
         f"Long-CLIP: reads {'all ' if read.read == read.tokens else ''}{read}",
     ]
+    t5 = T5Reading.of(pair)
+    if t5 is not None:
+        for index, weighting in enumerate((False, pair.long.config.prompt_weighting)):
+            tokens, reads = t5.read(prompt, weighting)
+            captions[index] += f"; T5: reads {f'all {tokens}' if reads == tokens else f'{reads} of {tokens}'} tokens"
     return captioned_grid(images, captions)
 
 

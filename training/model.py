@@ -31,10 +31,34 @@ def open_clip_config(model: str) -> tuple[str, dict]:
     if Path(name).is_file():
         open_clip.add_model_config(Path(name))
         name = Path(name).stem
+        _check_model_config_keys(model, open_clip.get_model_config(name) or {})
     model_cfg = open_clip.get_model_config(name)
     if model_cfg is None:
         raise ValueError(f"--model {model!r}: not an open_clip model name or model-config JSON file.")
     return name, model_cfg
+
+
+def _check_model_config_keys(model: str, model_cfg: dict) -> None:
+    """Refuse a key of a model-config JSON that open_clip would reject deep inside `create_model` (a typo), naming
+    it and the keys allowed where it stands."""
+    import dataclasses
+    import inspect
+
+    from open_clip.coca_model import CoCa, MultimodalCfg
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    top = {name for kind in (CLIP, CoCa) for name in inspect.signature(kind.__init__).parameters}
+    allowed = {"": (top - {"self", "cast_dtype"}) | {"custom_text"}}
+    for section, kind in (("vision_cfg", CLIPVisionCfg), ("text_cfg", CLIPTextCfg), ("multimodal_cfg", MultimodalCfg)):
+        allowed[section] = {field.name for field in dataclasses.fields(kind)}
+    for section, keys in allowed.items():
+        given = model_cfg.get(section) if section else model_cfg
+        unknown = sorted(set(given) - keys) if isinstance(given, dict) else []
+        if unknown:
+            where = f"{section}." if section else ""
+            raise ValueError(
+                f"--model {model}: unknown key {where}{unknown[0]}; open_clip takes {', '.join(sorted(keys))} there."
+            )
 
 
 def build_model(config: TrainConfig, cache: dict | None = None) -> tuple[nn.Module, object, dict]:

@@ -379,3 +379,18 @@ def test_an_encoder_the_node_would_read_with_another_config_is_not_exported(fiel
         file_states = from_file.text_encoder(ids).last_hidden_state
         folder_states = from_folder.text_encoder(ids).last_hidden_state
     assert not torch.allclose(file_states, folder_states, atol=1e-4)
+
+
+def test_a_file_as_out_is_refused_before_any_encoder_is_read(sources, tmp_path, capsys, monkeypatch):
+    import longclip_diffusers.comfy_export as comfy_export
+
+    monkeypatch.setattr(comfy_export, "load_checkpoint", lambda *a: pytest.fail("an encoder was read"))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for out, message in [
+        (notes, f"{notes}: is a file; OUT is the folder to write into (a ComfyUI folder, say)."),
+        (notes / "ComfyUI", f"{notes / 'ComfyUI'}: {notes} is a file, not a folder to write into."),
+    ]:
+        assert main(["comfy-export", str(out), "--encoder", str(sources / "longclip-sd15")]) == 1
+        assert capsys.readouterr().err == f"longclip: error: {message}\n"
+    assert notes.read_text() == "mine" and sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt"]

@@ -1,7 +1,11 @@
 """The demo's logic without a browser: token coverage against the real tokenizers, bounds, scoring, requests."""
 
 import argparse
+import logging
 import re
+import shutil
+import tempfile
+from pathlib import Path
 
 import gradio as gr
 import open_clip
@@ -9,10 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from longclip_diffusers import LongCLIPTokenizer
+from longclip_diffusers import LongCLIPTokenizer, tiny
 from longclip_diffusers.demo import app
-from longclip_diffusers.demo.app import BASES, AlignmentScorer, Models, Sources, compare, validate
+from longclip_diffusers.demo.app import BASES, AlignmentScorer, Sources, compare, respond, validate
 from longclip_diffusers.demo.tokens import DROPPED, LONG_ONLY, VANILLA_ONLY, T5Reading, prompt_coverage
+from longclip_diffusers.pipelines import generate as generation
 from longclip_diffusers.prompts import tokenize_windows
 from longclip_diffusers.tiny import tiny_clip_tokenizer, tiny_t5_tokenizer
 
@@ -150,11 +155,26 @@ def test_flux_reads_one_window_and_t5_reads_up_to_its_length(tokenizers):
 
 
 @pytest.fixture(scope="module")
-def tiny_models(tiny_components):
+def tiny_start(tiny_components, tmp_path_factory):
+    """`longclip demo --tiny`'s models, and the folder it was given for temporary files (the tiny components are
+    copied there from the session's, rather than written again)."""
+    temporary = tmp_path_factory.mktemp("temporary")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "tempdir", str(temporary))
+        patch.setattr(tiny, "write_tiny_components", lambda out: Path(shutil.copytree(tiny_components, out)))
+        return app.load_tiny_models(), temporary
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tiny_start):
     """Every base on the tiny components, as `longclip demo --tiny` has them."""
-    pipelines = {name: str(tiny_components / base.flag) for name, base in BASES.items()}
-    encoders = {name: str(tiny_components / f"longclip-{base.flag}") for name, base in BASES.items()}
-    return Models(Sources(pipelines, encoders, tiny=True))
+    return tiny_start[0]
+
+
+def test_the_tiny_start_loads_every_base_and_leaves_no_temporary_folder(tiny_start):
+    models, temporary = tiny_start
+    assert models.sources.tiny and list(models.pairs) == list(BASES)
+    assert list(temporary.iterdir()) == []  # the 171 MB of tiny components were written there, then removed
 
 
 @pytest.mark.parametrize(
@@ -184,8 +204,18 @@ def tiny_models(tiny_components):
         ("SD 1.5", "a (cat:13)", None, 0, 4, 7.5, 64, 64, "In the prompt: (cat:13): weight 13 is outside the range 0"),
         ("SD 3.5", "a cat", "(blurry:-1)", 0, 4, 7.5, 64, 64, "In the negative prompt: (blurry:-1): weight -1 is"),
         ("Flux.1", "a ((cat:4):4)", None, 0, 4, 7.5, 64, 64, "In the prompt: 'cat' gets weight 16 from nested"),
+        # what one request may cost: 3,996 characters of BREAK made 666 windows, 337 s a step on the tiny SD 3.5
+        ("SD 3.5", "BREAK " * 666, None, 0, 4, 7.5, 64, 64, "The prompt makes 666 windows of 246 tokens for Long-CLIP"
+         " (0 tokens, and each BREAK starts a window); the demo encodes at most 8. Shorten it or use fewer BREAKs."),
+        ("SD 1.5", "a cat", "a, " * 1300, 0, 4, 7.5, 64, 64, "The negative prompt makes 11 windows of 246 tokens for "
+         "Long-CLIP (2600 tokens); the demo encodes at most 8. Shorten it."),
+        ("SDXL", "a cat " * 8 + "BREAK " * 8 + "a dog", None, 0, 4, 7.5, 64, 64, "The prompt makes 9 windows"),
+        ("SD 1.5", "BREAK BREAK", None, 0, 4, 7.5, 64, 64, "The prompt holds no words once BREAK and the weighting"),
+        ("SD 1.5", "a cat", None, 0, 100, 7.5, 1024, 1024, "100 steps at 1024x1024 is more than one request may "
+         "cost: at that size the demo runs at most 50 steps (50 at 1024x1024). Lower the steps or the size."),
+        ("SD 1.5", "a cat", None, 0, 64, 7.5, 1024, 904, "at that size the demo runs at most 56 steps"),
     ],
-)
+)  # fmt: skip
 def test_every_input_is_bounded(
     tiny_models, monkeypatch, base, prompt, negative, seed, steps, guidance, width, height, message
 ):
@@ -199,6 +229,8 @@ def test_every_input_is_bounded(
 def test_valid_inputs_become_the_generation_options():
     options = validate("SDXL", "a cat", None, 2**53 - 1, 30.0, 7, 1024.0, 64)
     assert options == dict(seed=2**53 - 1, steps=30, width=1024, height=64, guidance_scale=7.0)
+    assert validate("SDXL", "a cat", None, 0, 50, 7, 1024, 1024)["steps"] == 50  # the most at the largest size
+    assert validate("SDXL", "a cat", None, 0, 100, 7, 720, 720)["steps"] == 100  # all steps at a smaller one
     assert all(type(options[key]) is int for key in ("seed", "steps", "width", "height"))
     with pytest.raises(ValueError, match="Choose a base among SD 1.5, Flux.1"):
         validate("SDXL", "a cat", None, 0, 30, 7, 64, 64, bases=["SD 1.5", "Flux.1"])  # the bases offered
@@ -242,14 +274,19 @@ def test_sources_follow_flags_then_environment_then_the_hub(monkeypatch, tmp_pat
     assert sources.encoders["SD 1.5"] == "BeichenZhang/LongCLIP-L"
 
 
+def demo_arguments(*flags) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    app.add_demo_arguments(parser)
+    return parser.parse_args([str(flag) for flag in flags])
+
+
 def test_the_demo_starts_on_the_models_it_is_given_offering_those_it_can_load(tiny_components, tmp_path, monkeypatch):
     for variable in [base.environment for base in BASES.values()] + list(app.ENVIRONMENT.values()):
         monkeypatch.delenv(variable, raising=False)
-    parser = argparse.ArgumentParser()
-    app.add_demo_arguments(parser)
-    flags = ["--sd15", tiny_components / "sd15", "--sdxl", tiny_components / "sdxl", "--sd3", tmp_path / "missing"]
+    (tmp_path / "empty").mkdir()  # no model_index.json
+    flags = ["--sd15", tiny_components / "sd15", "--sdxl", tiny_components / "sdxl", "--sd3", tmp_path / "empty"]
     flags += ["--flux", tiny_components / "flux", "--long-encoder", tiny_components / "longclip-sd15"]
-    models = app.load_models(parser.parse_args([str(flag) for flag in flags]))
+    models = app.load_models(demo_arguments(*flags))
     assert not models.sources.tiny and list(models.pairs) == ["SD 1.5"]  # the others load on first use
     # SD 3.5 cannot be read, SD 2.x has no long OpenCLIP-H, and Flux.1's default Hub id was replaced by the tiny one
     assert models.sources.bases == ["SD 1.5", "SDXL", "Flux.1"]
@@ -298,3 +335,98 @@ def test_alignment_score_equals_open_clip_similarity(published_pt):
         text_features = reference.encode_text(ids, normalize=True)
     expected = (100 * image_features @ text_features.T).squeeze(-1).tolist()
     assert scores == pytest.approx(expected, abs=0.02)
+
+
+def test_a_prompt_of_eight_windows_is_generated(tiny_models):
+    prompt = " BREAK ".join(["a lighthouse"] * 8)  # the most windows the demo encodes
+    *_, summary, _, _ = compare(tiny_models, "SD 3.5", prompt, "", 0, 1, 7.5, 64, 64)
+    assert "both encoders read the whole prompt (Long-CLIP in 8 windows of 246)." in summary
+
+
+def test_empty_windows_are_named_as_such(tokenizers, tiny_models):
+    # "BREAK BREAK" closes a window with nothing in it: the summary said "reads all 0 in 200 windows"
+    prompt = "a lighthouse BREAK BREAK a boat"
+    coverage = prompt_coverage(prompt, *tokenizers)
+    assert coverage.long_windows == len(tokenize_windows(prompt, tokenizers[1], 246).token_ids) == 3
+    assert coverage.summary.endswith("(Long-CLIP in 3 windows of 246, 1 of them empty: no words before a BREAK).")
+    read = generation.long_read(tiny_models.pair("SD 1.5").long, prompt)
+    assert str(read) == "4 tokens in 3 windows, 1 empty"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [("", "Type a prompt first."), ("a (cat:50)", "In the prompt: (cat:50): weight 50 is outside the range 0 to 10")],
+)
+def test_a_refused_request_clears_the_last_result_and_says_why_once(tiny_models, prompt, message):
+    first = respond(tiny_models, "SD 1.5", "a lighthouse", "", 0, 1, 7.5, 64, 64)
+    assert first[0] is not None and "both encoders read the whole prompt" in first[2] and first[-1] == ""
+    refused = respond(tiny_models, "SD 1.5", prompt, "", 0, 1, 7.5, 64, 64)
+    assert refused[:-1] == (None, None, "", None, "")  # images, summary, highlight, scores: all cleared
+    assert refused[-1].startswith(message)
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_a_long_prompt_logs_no_indexing_errors_and_no_huge_lines(tiny_models, monkeypatch):
+    pair = tiny_models.pair("SD 1.5")
+    records = _Records()
+    names = ("transformers.tokenization_utils_base", type(pair.stock).__module__)
+    for name in names:
+        monkeypatch.setattr(logging.getLogger(name), "handlers", [records])
+    # transformers warns once per tokenizer: make this request the first
+    monkeypatch.setattr(pair.stock.tokenizer, "deprecation_warnings", {})
+    prompt = "lighthouse, " * 600  # 1,200 tokens, 7,200 characters
+    compare(tiny_models, "SD 1.5", prompt[:4000], "", 0, 1, 7.5, 64, 64)
+    assert not any("indexing errors" in message for message in records.messages)
+    truncated = [message for message in records.messages if "truncated because CLIP" in message]
+    assert len(truncated) == 1 and truncated[0].endswith("more characters)")
+    assert len(truncated[0]) < generation.LOGGED_PROMPT_CHARS + 40
+    pair.stock.tokenizer.deprecation_warnings.clear()  # outside the pipelines the warning is as it was
+    pair.stock.tokenizer(prompt)
+    assert any("indexing errors" in message for message in records.messages)
+
+
+@pytest.fixture
+def no_hub(monkeypatch):
+    """No Hugging Face Hub here: fail the test if anything asks it (the Hub mocked, as the only network part)."""
+    import huggingface_hub
+
+    def asked(*args, **kwargs):
+        pytest.fail("the Hub was asked")
+
+    for name in ("hf_hub_download", "list_repo_files", "snapshot_download", "model_info"):
+        monkeypatch.setattr(huggingface_hub, name, asked)
+        monkeypatch.setattr(f"huggingface_hub.file_download.{name}", asked, raising=False)
+
+
+def test_a_typo_in_a_local_path_is_refused_at_once(tiny_components, tmp_path, monkeypatch, no_hub):
+    # it cost ~40 s of Hub retries, then the demo started on the tiny models without saying why
+    for variable in [base.environment for base in BASES.values()] + list(app.ENVIRONMENT.values()):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(app, "load_pipelines", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.chdir(tiny_components)
+    encoder = ["--long-encoder", "longclip-sd15"]
+    with pytest.raises(FileNotFoundError) as refused:
+        app.load_models(demo_arguments("--sd15", "sd15x", *encoder))  # one word: no Hub id either
+    assert str(refused.value) == "sd15x: no such file or folder (the SD 1.5 pipeline, from --sd15 or LONGCLIP_SD15)."
+    with pytest.raises(FileNotFoundError, match=r"^sd3/typo: no such file or folder \(the SD 3.5 pipeline"):
+        app.load_models(demo_arguments("--sd15", "sd15", "--sd3", "sd3/typo", *encoder))  # `sd3/` is a folder here
+    monkeypatch.setenv("LONGCLIP_ENCODER", str(tmp_path / "long.pt"))
+    with pytest.raises(FileNotFoundError, match="the SD 1.5 Long-CLIP encoder, from --long-encoder or LONGCLIP_ENC"):
+        app.load_models(demo_arguments("--sd15", "sd15"))
+
+
+def test_named_models_that_do_not_load_are_an_error_not_a_fallback(tiny_components, tmp_path, monkeypatch, no_hub):
+    for variable in [base.environment for base in BASES.values()] + list(app.ENVIRONMENT.values()):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(app, "load_tiny_models", lambda: pytest.fail("the demo fell back to the tiny models"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(OSError, match="no diffusers pipeline there"):
+        app.load_models(demo_arguments("--sd15", tmp_path / "empty", "--long-encoder", tiny_components / "longclip-l"))

@@ -165,6 +165,30 @@ def test_invalid_input_shows_an_error_and_the_app_keeps_serving(server, browser)
     page.close()
 
 
+def test_a_refused_request_shows_its_message_once_and_clears_the_last_result(server, browser):
+    """No red "Error" pill over each output, no toast besides, no earlier result left beside the message."""
+    page = open_page(browser, server)
+    generate(page, "a lighthouse at dusk")
+    expect(page.locator("#long img")).to_be_visible(timeout=120_000)
+    expect(page.locator("#token-count")).to_contain_text("both encoders read the whole prompt")
+    refused = [("a (cat:50)", "weight 50 is outside the range 0 to 10"), ("  ", "Type a prompt first.")]
+    for number, (prompt, message) in enumerate(refused):
+        generate(page, prompt)
+        expect(page.locator("#message")).to_contain_text(message, timeout=30_000)
+        expect(page.get_by_text(message)).to_have_count(1)  # once: in the message, not in a toast too
+        expect(page.locator("#vanilla img")).to_have_count(0)
+        expect(page.locator("#long img")).to_have_count(0)
+        expect(page.locator("#token-count")).to_have_text("")
+        expect(page.locator("#scores")).to_have_text("")
+        expect(page.get_by_text("Error", exact=True)).to_have_count(0)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"demo-refused-{number}.png"), full_page=True)
+    generate(page, "a lighthouse at dusk")  # the next good request clears the message
+    expect(page.locator("#long img")).to_be_visible(timeout=120_000)
+    expect(page.locator("#message")).to_have_text("")
+    page.close()
+
+
 def test_several_requests_at_once_all_complete(server, browser):
     pages = [open_page(browser, server) for _ in range(3)]
     for number, page in enumerate(pages):

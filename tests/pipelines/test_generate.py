@@ -324,3 +324,56 @@ def test_float32_warnings_are_dropped_only_when_they_name_no_module(tiny_compone
     with generation._quiet_empty_float32_warning():
         pair.stock.vae.to(torch.float32)
     assert "AutoencoderKL that should be kept in float32: ['encoder']" in records.messages[-1]  # this one is kept
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_an_out_where_no_image_can_be_written_is_refused_before_any_model_loads(
+    tiny_components, tmp_path, capsys, no_model_loads, overwrite
+):
+    # a folder named like an image failed with a traceback after the whole generation
+    folder = tmp_path / "renders.png"
+    (folder / "kept.png").parent.mkdir()
+    (folder / "kept.png").write_bytes(b"mine")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for out, message in [
+        (folder, f"{folder}: is a folder; --out names the image file to write, e.g. {folder / 'image.png'}."),
+        (notes / "x.png", f"{notes / 'x.png'}: {notes} is a file, not a folder to write into."),
+    ]:
+        code, _, err = run(capsys, *sd15(tiny_components, "--prompt", "a cat", "--out", out, *overwrite))
+        assert code == 1 and err == f"longclip: error: {message}\n"
+    assert (folder / "kept.png").read_bytes() == b"mine" and notes.read_text() == "mine"
+
+
+def test_a_typo_in_a_local_pipeline_path_asks_no_hub(tiny_components, tmp_path, capsys, monkeypatch, no_model_loads):
+    # "models/sd15x" (a folder `models/` here) is a valid Hub id by its form: it cost ~40 s of Hub retries
+    monkeypatch.setattr(generation.DiffusionPipeline, "load_config", lambda *a, **k: pytest.fail("Hub asked"))
+    monkeypatch.chdir(tiny_components)
+    args = ["--long-encoder", "longclip-sd15", "--prompt", "a cat", "--out", tmp_path / "x.png"]
+    code, _, err = run(capsys, "generate", "--pipeline", "sd15/typo", *args)
+    message = "sd15/typo: no diffusers pipeline there (no such folder, and not a Hugging Face Hub repo id)."
+    assert code == 1 and err == f"longclip: error: {message}\n"
+
+
+@pytest.mark.parametrize(("base", "tokenizer"), [("sd3", "tokenizer_3"), ("flux", "tokenizer_2")])
+def test_compare_captions_say_what_t5_reads_in_both_images(tiny_components, monkeypatch, base, tokenizer):
+    pair = load_pipelines(tiny_components / base, tiny_components / f"longclip-{base}")
+    captions = []
+    monkeypatch.setattr(generation, "captioned_grid", lambda images, texts: captions.extend(texts))
+    prompt = "a (red:1.2) lighthouse at dusk"
+    generation.compare(pair, prompt, steps=1, width=64, height=64)
+    t5 = getattr(pair.long, tokenizer)
+    stock_t5 = len(t5(prompt, add_special_tokens=False).input_ids)  # the stock pipeline reads the brackets as text
+    long_t5 = len(t5("a red lighthouse at dusk", add_special_tokens=False).input_ids)  # Long-CLIP parses them
+    assert stock_t5 > long_t5
+    assert captions[0].endswith(f"; T5: reads all {stock_t5} tokens")
+    assert captions[1].endswith(f"; T5: reads all {long_t5} tokens")
+    long_prompt = "lighthouse " * 600  # past max_sequence_length (SD 3: 256, Flux: 512)
+    length = {"sd3": 256, "flux": 512}[base]
+    assert generation.T5Reading.of(pair).read(long_prompt) == (len(t5(long_prompt).input_ids) - 1, length - 1)
+
+
+def test_empty_windows_are_counted_as_such(tiny_components, tmp_path, capsys):
+    args = sd15(tiny_components, "--prompt", "a cat BREAK BREAK a dog", "--out", tmp_path / "x.png")
+    code, out, _ = run(capsys, *args)
+    assert code == 0 and "(prompt: 4 tokens in 3 windows, 1 empty)" in out

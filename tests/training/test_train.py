@@ -266,3 +266,25 @@ def test_short_caption_sampling_is_reproducible_per_epoch_and_sample(tmp_path):
         dataset.set_epoch(epoch)
         dataset[2]
     assert seen[0] == seen[2]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda config: config["text_cfg"].update(layer=2), "unknown key text_cfg.layer; open_clip takes act_kwargs,"),
+        (lambda config: config.update(embed_dims=32), "unknown key embed_dims; open_clip takes custom_text, embed_dim"),
+    ],
+)
+def test_an_unknown_key_in_the_model_json_is_a_one_line_error(tiny_components, tmp_path, capsys, edit, message):
+    # a typo in the config JSON gave open_clip's TypeError traceback from inside create_model
+    from longclip_diffusers.cli import main
+
+    config = json.loads((tiny_components / "train" / "model.json").read_text())
+    edit(config)
+    (tmp_path / "typo.json").write_text(json.dumps(config))
+    args = ["train", "--train-data", tiny_components / "train" / "train.jsonl", "--model", tmp_path / "typo.json"]
+    args += ["--pretrained", "none", "--output", tmp_path / "run", "--workers", "0"]
+    assert main([str(arg) for arg in args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"longclip: error: --model {tmp_path / 'typo.json'}: {message}") and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
