@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from . import __version__
@@ -141,27 +141,35 @@ _EXAMPLE_PROMPT = (
     "in the lantern room, a narrow staircase winding down to a small pier where fishermen mend their nets"
 )
 _EXAMPLE_NEGATIVE = "blurry, low quality, watermark"
-# T5-XXL loaded alone into a ComfyUI CLIP, for "T5 from CLIP"
-_T5_CLIP = {"class_type": "CLIPLoader", "inputs": {"clip_name": "t5xxl_fp16.safetensors", "type": "sd3"}}
-_T5 = {"class_type": "LongCLIPT5FromCLIP", "inputs": {"clip": ["10", 0]}}
+# The model files each example workflow names, by role: the published models' usual file names.
+DEFAULT_MODELS = {
+    "sd15": "v1-5-pruned-emaonly.safetensors",
+    "sdxl": "sd_xl_base_1.0.safetensors",
+    "sd3": "sd3.5_large.safetensors",
+    "flux": "flux1-dev.safetensors",
+    "vae": "ae.safetensors",
+    "clip_g": "clip_g.safetensors",
+    "t5": "t5xxl_fp16.safetensors",
+}
 
 
-def example_workflow(encoder_name: str = DEFAULT_ENCODER_NAME, family: str = "sdxl") -> dict:
+def example_workflow(
+    encoder_name: str = DEFAULT_ENCODER_NAME, family: str = "sdxl", models: Mapping[str, str] | None = None
+) -> dict:
     """A text-to-image workflow in ComfyUI's API format using these nodes, for a family of `WORKFLOW_FAMILIES`:
-    SD 1.5, SDXL, SD 3.5 (Large) or Flux.1-dev."""
+    SD 1.5, SDXL, SD 3.5 (Large) or Flux.1-dev. `models` replaces file names of `DEFAULT_MODELS` (by role)."""
     if family not in WORKFLOW_FAMILIES:
         raise ValueError(f"Unknown family {family!r}; choose one of {', '.join(WORKFLOW_FAMILIES)}.")
-    checkpoints = {
-        "sd15": "v1-5-pruned-emaonly.safetensors",
-        "sdxl": "sd_xl_base_1.0.safetensors",
-        "sd3": "sd3.5_large.safetensors",
-    }
+    names = {**DEFAULT_MODELS, **(models or {})}
+    # T5-XXL loaded alone into a ComfyUI CLIP, read in place by "T5 from CLIP"
+    t5_clip = {"class_type": "CLIPLoader", "inputs": {"clip_name": names["t5"], "type": "sd3"}}
+    t5 = {"class_type": "LongCLIPT5FromCLIP", "inputs": {"clip": ["10", 0]}}
     size = 512 if family == "sd15" else 1024
     nodes: dict[str, dict] = {
         "1": (
-            {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}}
+            {"class_type": "UNETLoader", "inputs": {"unet_name": names["flux"], "weight_dtype": "default"}}
             if family == "flux"
-            else {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoints[family]}}
+            else {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": names[family]}}
         ),
         "2": {"class_type": "LongCLIPLoader", "inputs": {"text_encoder": encoder_name, "clip_type": "clip_l"}},
     }
@@ -182,18 +190,18 @@ def example_workflow(encoder_name: str = DEFAULT_ENCODER_NAME, family: str = "sd
     elif family == "sd3":
         nodes["3"] = {
             "class_type": "LongCLIPLoader",
-            "inputs": {"text_encoder": "clip_g.safetensors", "clip_type": "clip_g"},
+            "inputs": {"text_encoder": names["clip_g"], "clip_type": "clip_g"},
         }
-        nodes["10"], nodes["11"] = _T5_CLIP, _T5
+        nodes["10"], nodes["11"] = t5_clip, t5
         for node, text in texts.items():
             inputs = {**long_clip, "clip_g": ["3", 0], "t5": ["11", 0], "text": text, "strategy": "chunk"}
             nodes[node] = {"class_type": "LongCLIPTextEncodeSD3", "inputs": inputs}
     else:
-        nodes["10"], nodes["11"] = _T5_CLIP, _T5
+        nodes["10"], nodes["11"] = t5_clip, t5
         inputs = {**long_clip, "t5": ["11", 0], "text": _EXAMPLE_PROMPT, "guidance": 3.5}
         nodes["4"] = {"class_type": "LongCLIPTextEncodeFlux", "inputs": inputs}
         nodes["5"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["4", 0]}}  # cfg 1: unused
-        nodes["12"] = {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}}
+        nodes["12"] = {"class_type": "VAELoader", "inputs": {"vae_name": names["vae"]}}
     latent = "EmptyLatentImage" if family in ("sd15", "sdxl") else "EmptySD3LatentImage"
     nodes["6"] = {"class_type": latent, "inputs": {"width": size, "height": size, "batch_size": 1}}
     sampling = {
