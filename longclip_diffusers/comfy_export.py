@@ -91,7 +91,7 @@ so a prompt gives the same conditioning as its diffusers pipelines (`LongCLIPSta
 - **Load Long-CLIP** (`LongCLIPLoader`) -> `LONGCLIP`: `text_encoder`, a file in `models/text_encoders` or
   `models/clip`; `clip_type`, `clip_l` (a Long-CLIP-L) or `clip_g` (SDXL's / SD 3's OpenCLIP-bigG).
 - **Long-CLIP Text Encode (SD 1.5)** (`LongCLIPTextEncode`) -> `CONDITIONING`: `long_clip`, `text`; optional
-  `clip_skip`, `weighting`, `max_windows` (0: no limit).
+  `clip_skip`, `weighting`, `max_windows` (0: no limit), `weight_style`.
 - **Long-CLIP Text Encode (SDXL)** (`LongCLIPTextEncodeSDXL`) -> `CONDITIONING` with `pooled_output`:
   `long_clip` (clip_l), `clip_g`, the sizes of CLIPTextEncodeSDXL, `text`, `strategy` (`chunk` or `stretch`);
   optional `text_g` (bigG's prompt, empty: `text`), `clip_skip`, `weighting`, `max_windows`.
@@ -105,6 +105,8 @@ so a prompt gives the same conditioning as its diffusers pipelines (`LongCLIPSta
 - **T5 from CLIP (Long-CLIP)** (`LongCLIPT5FromCLIP`) -> `LONGCLIP_T5`: `clip`, a ComfyUI CLIP holding T5.
 - **Long-CLIP from CLIP (stretch)** (`LongCLIPStretch`) -> `LONGCLIP`: `clip` (e.g. from Load Checkpoint),
   `clip_type`, `keep`, `ratio`.
+- **Load Checkpoint (Long-CLIP)** (`LongCLIPCheckpointLoader`) -> `MODEL`, `CLIP`, `VAE`: `ckpt_name`, a
+  checkpoint whose CLIP is a Long-CLIP (248 positions), which Load Checkpoint fails on.
 
 - The loader reads single files (ComfyUI's layout, published Long-CLIP `.pt` files) and any file of a Hugging
   Face, diffusers or open_clip folder placed in the model folder; it lists only ComfyUI's model folders.
@@ -113,8 +115,10 @@ so a prompt gives the same conditioning as its diffusers pipelines (`LongCLIPSta
   checkpoint with "Long-CLIP from CLIP" (`clip_type` clip_g, `ratio` 1), or load a `clip_g` file as clip_g.
 - T5 comes from a ComfyUI CLIP that holds one: CLIPLoader (type `sd3`) with a t5xxl file (fp16, bf16, fp8 or
   scaled fp8) loads T5 alone; DualCLIPLoader, TripleCLIPLoader and checkpoints that bundle T5 work too. "T5 from
-  CLIP" copies its weights (and takes its tokenizer) into the T5 model the diffusers pipelines run, so T5 takes
-  its memory a second time (about 9.5 GB for T5-XXL in fp16).
+  CLIP" reads it in place: the nodes run the CLIP's own T5 (its dtype, ComfyUI's memory management), never a
+  second copy.
+- `weight_style` (SD 1.5 node): `a1111` (default) weights as A1111 and the diffusers pipelines; `comfyui` as
+  ComfyUI's CLIPTextEncode, for the same conditioning as core.
 - Flux reads only Long-CLIP-L's pooled vector: up to 246 tokens of `text` (to the first `BREAK`); T5 reads up to
   `max_sequence_length` tokens. Weights scale T5's states (and CLIP's states for SD 3), never a pooled vector.
 - "Long-CLIP from CLIP" with `ratio` 4 makes a training-free 248-position encoder from a 77-position one.

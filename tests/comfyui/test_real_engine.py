@@ -218,12 +218,14 @@ def test_core_weighting_as_an_option_gives_cores_conditioning(engine):
     assert engine("parity_sd", encoder=LONG_CLIP_L, prompt=CORE_WEIGHTED)["cond"] > 1e-3
 
 
-def test_past_248_tokens_we_and_core_split_differently(engine):
-    """By design: we split a long prompt into 248-token windows at word boundaries (as the pipelines); core cuts
-    it every 246 tokens, mid-word. Both give two windows here; their second windows differ."""
-    result = engine("parity_sd", encoder=LONG_CLIP_L, prompt=LONG)
+def test_past_248_tokens_the_windows_match_cores_with_its_weighting(engine):
+    """Past 248 tokens core also encodes 248-token windows, splitting between words as the nodes do here: with
+    core's weighting the two windows equal core's; with the default weighting (the prompt has weights) they do
+    not."""
+    result = engine("parity_sd", encoder=LONG_CLIP_L, prompt=LONG, weight_style="comfyui")
     assert result["shape"] == result["core_shape"] == [1, 2 * 248, 768]
-    assert result["cond"] > 1e-2
+    assert result["cond"] < 1e-5
+    assert engine("parity_sd", encoder=LONG_CLIP_L, prompt=LONG)["cond"] > 1e-3
 
 
 def test_sdxl_clip_l_part_equals_comfyui_cores(engine):
