@@ -49,7 +49,8 @@ if not COMFYUI_DIR.joinpath("comfyui_version.py").is_file():
 
 
 def _long_clip_l(path: Path) -> None:
-    """A random Long-CLIP-L at CLIP-L's real shape (ComfyUI core builds CLIP-L at no other), as a ComfyUI file."""
+    """A random Long-CLIP-L at CLIP-L's real shape (ComfyUI core builds CLIP-L at no other), as a ComfyUI file in
+    fp16 (both sides compute in fp32 from the same stored values)."""
     torch.manual_seed(0)
     config = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                             max_position_embeddings=248, projection_dim=768, hidden_act="quick_gelu")  # fmt: skip
@@ -60,7 +61,7 @@ def _long_clip_l(path: Path) -> None:
         if "layer_norm" in key and key.endswith("weight"):
             state_dict[key] = torch.ones_like(state_dict[key])
     state_dict.pop("text_model.embeddings.position_ids", None)
-    write_comfyui_text_encoder(checkpoint_from_state_dict(state_dict, path=str(path)), path)
+    write_comfyui_text_encoder(checkpoint_from_state_dict(state_dict, path=str(path)), path, torch.float16)
 
 
 def _t5_base(path: Path) -> None:
