@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from longclip_diffusers.tiny_comfy import write_random_long_clip_l
+
 ENCODER = "LongCLIP-L-bench.safetensors"
 
 
@@ -70,21 +72,6 @@ def child(variant: str, comfyui: str, base: str) -> None:
     print(json.dumps(figures), file=sys.__stdout__, flush=True)
 
 
-def write_encoder(path: Path) -> None:
-    import torch
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
-
-    from longclip_diffusers.formats import checkpoint_from_state_dict
-    from longclip_diffusers.writing import write_comfyui_text_encoder
-
-    config = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                            max_position_embeddings=248, projection_dim=768, hidden_act="quick_gelu")  # fmt: skip
-    with torch.device("meta"):
-        shapes = {key: value.shape for key, value in CLIPTextModelWithProjection(config).state_dict().items()}
-    state_dict = {key: torch.randn(shape) * 0.02 for key, shape in shapes.items() if not key.endswith("position_ids")}
-    write_comfyui_text_encoder(checkpoint_from_state_dict(state_dict, path=str(path)), path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--comfyui", default=os.environ.get("COMFYUI_DIR", "../shared/ComfyUI"))
@@ -97,7 +84,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="longclip-bench-comfyui-") as base:
         encoders = Path(base) / "models" / "text_encoders"
         encoders.mkdir(parents=True)
-        write_encoder(encoders / ENCODER)
+        write_random_long_clip_l(encoders / ENCODER)
         size_mb = (encoders / ENCODER).stat().st_size / 1e6
         runs: dict[str, list[dict]] = {"core": [], "ours": []}
         for _ in range(args.repeats):

@@ -9,7 +9,7 @@
 - `text_encoders/longclip-tiny-l/`, `text_encoders/longclip-tiny-g/`, `text_encoders/longclip-tiny-t5.safetensors`:
   a tiny Long-CLIP-L (with its text projection), SDXL's tiny bigG and SD 3's tiny T5, for the Long-CLIP nodes.
 The weights are random. ComfyUI core's own text encoders are built at the real CLIP-L / T5 sizes, so it loads
-none of the tiny text encoders; the Long-CLIP nodes do.
+none of the tiny text encoders; the Long-CLIP nodes do. `write_random_long_clip_l` writes one core loads too.
 """
 
 from __future__ import annotations
@@ -20,6 +20,10 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+from .formats import checkpoint_from_state_dict
+from .writing import write_comfyui_text_encoder
 
 SD15_CHECKPOINT = "longclip-tiny-sd15.safetensors"
 TAESD_VAE = "longclip-tiny-taesd.safetensors"
@@ -185,3 +189,15 @@ def write_tiny_comfyui(tiny: str | os.PathLike, out: str | os.PathLike, seed: in
         if (source.parent / "config.json").is_file() and name.endswith("/model.safetensors"):
             _link(source.parent / "config.json", encoders / Path(name).parent / "config.json")
     return models
+
+
+def write_random_long_clip_l(path: str | os.PathLike, dtype: torch.dtype | None = None, seed: int = 0) -> None:
+    """A random Long-CLIP-L at CLIP-L's real shape (12 layers of width 768, 248 positions, text projection; ComfyUI
+    core builds CLIP-L at no other) as one ComfyUI file, about 495 MB in fp32."""
+    config = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                            max_position_embeddings=248, projection_dim=768, hidden_act="quick_gelu")  # fmt: skip
+    with torch.device("meta"):
+        shapes = {key: value.shape for key, value in CLIPTextModelWithProjection(config).state_dict().items()}
+    generator = torch.Generator().manual_seed(seed)
+    state_dict = random_weights({key: shape for key, shape in shapes.items() if "position_ids" not in key}, generator)
+    write_comfyui_text_encoder(checkpoint_from_state_dict(state_dict, path=str(path)), Path(path), dtype)

@@ -20,12 +20,17 @@ import pytest
 import torch
 from comfy_fakes import LONG, SHORT
 from safetensors.torch import load_file, save_file
-from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+from transformers import T5Config, T5EncoderModel
 
 from longclip_diffusers.comfy_export import NODE_PACKAGE, WORKFLOW_FAMILIES, example_workflow, export_comfyui
-from longclip_diffusers.formats import checkpoint_from_state_dict
-from longclip_diffusers.tiny_comfy import SD15_CHECKPOINT, TAESD_VAE, TINY_CLIP_G, TINY_CLIP_L, TINY_T5
-from longclip_diffusers.writing import write_comfyui_text_encoder
+from longclip_diffusers.tiny_comfy import (
+    SD15_CHECKPOINT,
+    TAESD_VAE,
+    TINY_CLIP_G,
+    TINY_CLIP_L,
+    TINY_T5,
+    write_random_long_clip_l,
+)
 
 COMFYUI_DIR = Path(os.environ.get("COMFYUI_DIR", Path(__file__).resolve().parents[3] / "shared" / "ComfyUI"))
 ENGINE = Path(__file__).with_name("comfy_engine.py")
@@ -46,22 +51,6 @@ if not COMFYUI_DIR.joinpath("comfyui_version.py").is_file():
     if os.environ.get("CI") == "true":
         pytest.fail(message, pytrace=False)
     pytest.skip(message, allow_module_level=True)
-
-
-def _long_clip_l(path: Path) -> None:
-    """A random Long-CLIP-L at CLIP-L's real shape (ComfyUI core builds CLIP-L at no other), as a ComfyUI file in
-    fp16 (both sides compute in fp32 from the same stored values)."""
-    torch.manual_seed(0)
-    config = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                            max_position_embeddings=248, projection_dim=768, hidden_act="quick_gelu")  # fmt: skip
-    with torch.device("meta"):
-        model = CLIPTextModelWithProjection(config)
-    state_dict = {key: torch.randn(value.shape) * 0.02 for key, value in model.state_dict().items()}
-    for key in state_dict:
-        if "layer_norm" in key and key.endswith("weight"):
-            state_dict[key] = torch.ones_like(state_dict[key])
-    state_dict.pop("text_model.embeddings.position_ids", None)
-    write_comfyui_text_encoder(checkpoint_from_state_dict(state_dict, path=str(path)), path, torch.float16)
 
 
 def _t5_base(path: Path) -> None:
@@ -100,7 +89,7 @@ def base(tiny_components: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
             target.parent.mkdir(parents=True, exist_ok=True)
             os.link(path, target)
     encoders = base / "models" / "text_encoders"
-    _long_clip_l(encoders / LONG_CLIP_L)
+    write_random_long_clip_l(encoders / LONG_CLIP_L, torch.float16)  # both sides compute in fp32 from these values
     _t5_base(encoders / T5_BASE)
     _bake(
         base / "models" / "checkpoints" / SD15_CHECKPOINT,
