@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from . import __version__
@@ -91,7 +91,7 @@ so a prompt gives the same conditioning as its diffusers pipelines (`LongCLIPSta
 - **Load Long-CLIP** (`LongCLIPLoader`) -> `LONGCLIP`: `text_encoder`, a file in `models/text_encoders` or
   `models/clip`; `clip_type`, `clip_l` (a Long-CLIP-L) or `clip_g` (SDXL's / SD 3's OpenCLIP-bigG).
 - **Long-CLIP Text Encode (SD 1.5)** (`LongCLIPTextEncode`) -> `CONDITIONING`: `long_clip`, `text`; optional
-  `clip_skip`, `weighting`, `max_windows` (0: no limit).
+  `clip_skip`, `weighting`, `max_windows` (0: no limit), `weight_style`.
 - **Long-CLIP Text Encode (SDXL)** (`LongCLIPTextEncodeSDXL`) -> `CONDITIONING` with `pooled_output`:
   `long_clip` (clip_l), `clip_g`, the sizes of CLIPTextEncodeSDXL, `text`, `strategy` (`chunk` or `stretch`);
   optional `text_g` (bigG's prompt, empty: `text`), `clip_skip`, `weighting`, `max_windows`.
@@ -105,6 +105,8 @@ so a prompt gives the same conditioning as its diffusers pipelines (`LongCLIPSta
 - **T5 from CLIP (Long-CLIP)** (`LongCLIPT5FromCLIP`) -> `LONGCLIP_T5`: `clip`, a ComfyUI CLIP holding T5.
 - **Long-CLIP from CLIP (stretch)** (`LongCLIPStretch`) -> `LONGCLIP`: `clip` (e.g. from Load Checkpoint),
   `clip_type`, `keep`, `ratio`.
+- **Load Checkpoint (Long-CLIP)** (`LongCLIPCheckpointLoader`) -> `MODEL`, `CLIP`, `VAE`: `ckpt_name`, a
+  checkpoint whose CLIP is a Long-CLIP (248 positions), which Load Checkpoint fails on.
 
 - The loader reads single files (ComfyUI's layout, published Long-CLIP `.pt` files) and any file of a Hugging
   Face, diffusers or open_clip folder placed in the model folder; it lists only ComfyUI's model folders.
@@ -113,8 +115,10 @@ so a prompt gives the same conditioning as its diffusers pipelines (`LongCLIPSta
   checkpoint with "Long-CLIP from CLIP" (`clip_type` clip_g, `ratio` 1), or load a `clip_g` file as clip_g.
 - T5 comes from a ComfyUI CLIP that holds one: CLIPLoader (type `sd3`) with a t5xxl file (fp16, bf16, fp8 or
   scaled fp8) loads T5 alone; DualCLIPLoader, TripleCLIPLoader and checkpoints that bundle T5 work too. "T5 from
-  CLIP" copies its weights (and takes its tokenizer) into the T5 model the diffusers pipelines run, so T5 takes
-  its memory a second time (about 9.5 GB for T5-XXL in fp16).
+  CLIP" reads it in place: the nodes run the CLIP's own T5 (its dtype, ComfyUI's memory management), never a
+  second copy.
+- `weight_style` (SD 1.5 node): `a1111` (default) weights as A1111 and the diffusers pipelines; `comfyui` as
+  ComfyUI's CLIPTextEncode, for the same conditioning as core.
 - Flux reads only Long-CLIP-L's pooled vector: up to 246 tokens of `text` (to the first `BREAK`); T5 reads up to
   `max_sequence_length` tokens. Weights scale T5's states (and CLIP's states for SD 3), never a pooled vector.
 - "Long-CLIP from CLIP" with `ratio` 4 makes a training-free 248-position encoder from a 77-position one.
@@ -141,27 +145,35 @@ _EXAMPLE_PROMPT = (
     "in the lantern room, a narrow staircase winding down to a small pier where fishermen mend their nets"
 )
 _EXAMPLE_NEGATIVE = "blurry, low quality, watermark"
-# T5-XXL loaded alone into a ComfyUI CLIP, for "T5 from CLIP"
-_T5_CLIP = {"class_type": "CLIPLoader", "inputs": {"clip_name": "t5xxl_fp16.safetensors", "type": "sd3"}}
-_T5 = {"class_type": "LongCLIPT5FromCLIP", "inputs": {"clip": ["10", 0]}}
+# The model files each example workflow names, by role: the published models' usual file names.
+DEFAULT_MODELS = {
+    "sd15": "v1-5-pruned-emaonly.safetensors",
+    "sdxl": "sd_xl_base_1.0.safetensors",
+    "sd3": "sd3.5_large.safetensors",
+    "flux": "flux1-dev.safetensors",
+    "vae": "ae.safetensors",
+    "clip_g": "clip_g.safetensors",
+    "t5": "t5xxl_fp16.safetensors",
+}
 
 
-def example_workflow(encoder_name: str = DEFAULT_ENCODER_NAME, family: str = "sdxl") -> dict:
+def example_workflow(
+    encoder_name: str = DEFAULT_ENCODER_NAME, family: str = "sdxl", models: Mapping[str, str] | None = None
+) -> dict:
     """A text-to-image workflow in ComfyUI's API format using these nodes, for a family of `WORKFLOW_FAMILIES`:
-    SD 1.5, SDXL, SD 3.5 (Large) or Flux.1-dev."""
+    SD 1.5, SDXL, SD 3.5 (Large) or Flux.1-dev. `models` replaces file names of `DEFAULT_MODELS` (by role)."""
     if family not in WORKFLOW_FAMILIES:
         raise ValueError(f"Unknown family {family!r}; choose one of {', '.join(WORKFLOW_FAMILIES)}.")
-    checkpoints = {
-        "sd15": "v1-5-pruned-emaonly.safetensors",
-        "sdxl": "sd_xl_base_1.0.safetensors",
-        "sd3": "sd3.5_large.safetensors",
-    }
+    names = {**DEFAULT_MODELS, **(models or {})}
+    # T5-XXL loaded alone into a ComfyUI CLIP, read in place by "T5 from CLIP"
+    t5_clip = {"class_type": "CLIPLoader", "inputs": {"clip_name": names["t5"], "type": "sd3"}}
+    t5 = {"class_type": "LongCLIPT5FromCLIP", "inputs": {"clip": ["10", 0]}}
     size = 512 if family == "sd15" else 1024
     nodes: dict[str, dict] = {
         "1": (
-            {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}}
+            {"class_type": "UNETLoader", "inputs": {"unet_name": names["flux"], "weight_dtype": "default"}}
             if family == "flux"
-            else {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoints[family]}}
+            else {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": names[family]}}
         ),
         "2": {"class_type": "LongCLIPLoader", "inputs": {"text_encoder": encoder_name, "clip_type": "clip_l"}},
     }
@@ -182,18 +194,18 @@ def example_workflow(encoder_name: str = DEFAULT_ENCODER_NAME, family: str = "sd
     elif family == "sd3":
         nodes["3"] = {
             "class_type": "LongCLIPLoader",
-            "inputs": {"text_encoder": "clip_g.safetensors", "clip_type": "clip_g"},
+            "inputs": {"text_encoder": names["clip_g"], "clip_type": "clip_g"},
         }
-        nodes["10"], nodes["11"] = _T5_CLIP, _T5
+        nodes["10"], nodes["11"] = t5_clip, t5
         for node, text in texts.items():
             inputs = {**long_clip, "clip_g": ["3", 0], "t5": ["11", 0], "text": text, "strategy": "chunk"}
             nodes[node] = {"class_type": "LongCLIPTextEncodeSD3", "inputs": inputs}
     else:
-        nodes["10"], nodes["11"] = _T5_CLIP, _T5
+        nodes["10"], nodes["11"] = t5_clip, t5
         inputs = {**long_clip, "t5": ["11", 0], "text": _EXAMPLE_PROMPT, "guidance": 3.5}
         nodes["4"] = {"class_type": "LongCLIPTextEncodeFlux", "inputs": inputs}
         nodes["5"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["4", 0]}}  # cfg 1: unused
-        nodes["12"] = {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}}
+        nodes["12"] = {"class_type": "VAELoader", "inputs": {"vae_name": names["vae"]}}
     latent = "EmptyLatentImage" if family in ("sd15", "sdxl") else "EmptySD3LatentImage"
     nodes["6"] = {"class_type": latent, "inputs": {"width": size, "height": size, "batch_size": 1}}
     sampling = {

@@ -10,7 +10,8 @@
   projection, 248 positions), the layout `longclip convert --to clip` writes; its CLIP-L-sized text tower fits the
   SD 1.5, SDXL, SD 3 and Flux pipelines above;
 - `out/train/`: a first training run's material: `model.json` (a tiny open_clip architecture), 48 synthetic
-  images and `train.jsonl` with a long caption for each (`first_training_command` trains on it).
+  images and `train.jsonl` with a long caption for each (`first_training_command` trains on it);
+- `out/comfyui/models/`: files ComfyUI itself loads (`tiny_comfy`), for the ComfyUI nodes.
 The weights are random: images are noise-like. Real use takes Hub ids instead.
 """
 
@@ -48,6 +49,7 @@ from .constants import (
 )
 from .convert import convert
 from .stretch import DEFAULT_KEEP, DEFAULT_RATIO
+from .tiny_comfy import write_tiny_comfyui
 from .tokenizer import LongCLIPTokenizer
 
 # A two-level UNet with one cross-attention level: 32x32 latents, 64x64 images with the tiny VAE.
@@ -387,4 +389,5 @@ def write_tiny_components(out: str | os.PathLike, seed: int = 0, overwrite: bool
             tiny_clip_model(seed).save_pretrained(clip_folder)
             convert(clip_folder, tmp / "longclip-l", to="clip", stretch=(DEFAULT_KEEP, DEFAULT_RATIO))
         write_tiny_training_set(tmp / "train")
+        write_tiny_comfyui(tmp, tmp / "comfyui" / "models", seed)  # ComfyUI's models/ tree: tiny_comfy
     return out

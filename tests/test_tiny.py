@@ -61,6 +61,7 @@ def test_tiny_pipelines_generate_offline(tiny_components):
 def test_tiny_command_is_atomic_and_refuses_to_overwrite(tmp_path, capsys):
     assert main(["tiny", str(tmp_path / "components")]) == 0
     assert sorted(p.name for p in (tmp_path / "components").iterdir()) == [
+        "comfyui",
         "flux",
         "longclip-flux",
         "longclip-l",

@@ -15,6 +15,7 @@ from .nodes import (
     LONGCLIP_T5,
     NODE_CLASS_MAPPINGS,
     NODE_DISPLAY_NAME_MAPPINGS,
+    LongCLIPCheckpointLoader,
     LongCLIPLoader,
     LongCLIPStretch,
     LongCLIPT5FromCLIP,
@@ -23,16 +24,18 @@ from .nodes import (
     LongCLIPTextEncodeSD3,
     LongCLIPTextEncodeSDXL,
 )
-from .t5 import T5, t5_from_comfy_clip
+from .t5 import T5, ComfyT5, t5_from_comfy_clip
 
 __all__ = [
     "CATEGORY",
     "CLIP_TYPES",
+    "ComfyT5",
     "LONGCLIP",
     "LONGCLIP_T5",
     "NODE_CLASS_MAPPINGS",
     "NODE_DISPLAY_NAME_MAPPINGS",
     "LongCLIP",
+    "LongCLIPCheckpointLoader",
     "LongCLIPLoader",
     "LongCLIPStretch",
     "LongCLIPT5FromCLIP",

@@ -16,8 +16,10 @@ from ..prompts import (
     encode_flux_prompts,
     encode_prompts,
     encode_sd3_prompts,
+    encode_windows_direct,
     sd_text_spec,
     sdxl_text_spec,
+    tokenize_windows,
 )
 from . import host
 from .encoders import LongCLIP
@@ -28,6 +30,11 @@ def _check_clip_skip(clip_skip: int, *long_clips: LongCLIP, skipped_anyway: int 
     layers = min(long_clip.num_layers for long_clip in long_clips)
     if not 0 <= clip_skip < layers - skipped_anyway:
         raise ValueError(f"clip_skip={clip_skip} is out of range for a {layers}-layer text encoder.")
+
+
+# How a weight acts on a token's state: A1111's (the pipelines': scale, then restore the mean) or ComfyUI core's
+# (move the state away from the empty prompt's state at its position: (z - z_empty) * weight + z_empty).
+WEIGHT_STYLES = ("a1111", "comfyui")
 
 
 def _max_windows(max_windows: int | None) -> int | None:
@@ -41,20 +48,48 @@ def encode_sd(
     clip_skip: int = 0,
     weighting: bool = True,
     max_windows: int | None = None,
+    weight_style: str = "a1111",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """SD 1.x conditioning [1, windows * 248, 768] and the pooled vector (None without a text projection).
 
-    As the SD pipeline: the last layer after the final layer norm, `clip_skip` layers earlier.
+    As the SD pipeline: the last layer after the final layer norm, `clip_skip` layers earlier; weights act as
+    `weight_style` says (`WEIGHT_STYLES`).
     """
     if long_clip.clip_type != "clip_l":
         raise ValueError(f"{long_clip.source}: is loaded as {long_clip.clip_type}; SD 1.x reads a clip_l encoder.")
+    if weight_style not in WEIGHT_STYLES:
+        raise ValueError(f"Unknown weight_style {weight_style!r}; choose one of {', '.join(WEIGHT_STYLES)}.")
     _check_clip_skip(clip_skip, long_clip)
     spec = sd_text_spec(long_clip.text_encoder, long_clip.tokenizer, clip_skip)
     with host.on_load_device(long_clip.text_encoder) as device:
-        cond, pooled = encode_prompts(
-            [text], [spec], weighting=weighting, max_windows=_max_windows(max_windows), device=device
-        )
+        if weighting and weight_style == "comfyui":
+            cond, pooled = _encode_weighted_as_comfyui(spec, text, _max_windows(max_windows), device)
+        else:
+            cond, pooled = encode_prompts(
+                [text], [spec], weighting=weighting, max_windows=_max_windows(max_windows), device=device
+            )
     return _to_output(cond), _to_output(pooled)
+
+
+@torch.no_grad()
+def _encode_weighted_as_comfyui(
+    spec: TextEncoderSpec, text: str, max_windows: int | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Windows as `encode_prompts` makes them, each weighted token's state moved as ComfyUI core's
+    CLIPTextEncode moves it (comfy/sd1_clip.py): `(z - z_empty) * weight + z_empty`, z_empty the empty prompt's
+    state at the same position."""
+    length = spec.num_positions
+    windows = tokenize_windows(text, spec.tokenizer, length - 2, True, max_windows)
+    token_ids = windows.token_ids or [[]]
+    hidden, pooled = encode_windows_direct(spec, token_ids, length, device)
+    if windows.is_weighted:
+        empty, _ = encode_windows_direct(spec, [[]], length, device)
+        weights = torch.ones(len(token_ids), length, 1, device=hidden.device)
+        for row, window_weights in zip(weights, windows.weights, strict=True):
+            row[1 : 1 + len(window_weights), 0] = torch.tensor(window_weights)
+        hidden = torch.where(weights != 1.0, (hidden - empty) * weights + empty, hidden)
+    pooled = None if pooled is None else pooled[:1]
+    return hidden.reshape(1, len(token_ids) * length, -1), pooled
 
 
 def encode_sdxl(
@@ -126,7 +161,7 @@ def encode_sd3(
             "vector; load a Long-CLIP-L that has one (the published LongCLIP-L .pt, or its export) with Load Long-CLIP."
         )
     specs, prompts_2 = _clip_l_and_g_inputs(long_clip, clip_g, text, text_g, clip_skip)
-    with host.on_load_device(long_clip.text_encoder, clip_g.text_encoder, t5.text_encoder) as device:
+    with host.on_load_device(long_clip.text_encoder, clip_g.text_encoder, *_t5_to_move(t5)) as device:
         cond, pooled = encode_sd3_prompts(
             [text],
             specs,
@@ -158,7 +193,7 @@ def encode_flux(
     if long_clip.clip_type != "clip_l":
         raise ValueError(f"{long_clip.source}: is loaded as {long_clip.clip_type}; Flux reads a clip_l encoder.")
     clip_l = long_clip.text_encoder.text_model if long_clip.has_projection else long_clip.text_encoder
-    with host.on_load_device(long_clip.text_encoder, t5.text_encoder) as device:
+    with host.on_load_device(long_clip.text_encoder, *_t5_to_move(t5)) as device:
         cond, pooled = encode_flux_prompts(
             [text],
             clip_l,
@@ -171,6 +206,11 @@ def encode_flux(
             device=device,
         )
     return _to_output(cond), _to_output(pooled)
+
+
+def _t5_to_move(t5: T5) -> list[torch.nn.Module]:
+    """T5 for `host.on_load_device` to move: none when it is a ComfyUI CLIP's own, which ComfyUI loads itself."""
+    return [] if t5.in_place else [t5.text_encoder]
 
 
 def _check_clip_l_and_g(long_clip: LongCLIP, clip_g: LongCLIP, family: str, strategy: str) -> None:

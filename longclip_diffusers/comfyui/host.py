@@ -29,6 +29,30 @@ def comfy_module(name: str) -> ModuleType | None:
         return None
 
 
+def require_comfy_module(name: str) -> ModuleType:
+    """ComfyUI's module `name`, for what runs only inside ComfyUI; outside it a one-line error."""
+    module = comfy_module(name)
+    if module is None:
+        raise RuntimeError(f"This node runs only inside ComfyUI ({name} is not importable).")
+    return module
+
+
+def checkpoint_names() -> list[str]:
+    """Files in ComfyUI's checkpoints folder; `[]` outside ComfyUI."""
+    folder_paths = comfy_module("folder_paths")
+    try:
+        return folder_paths.get_filename_list("checkpoints") if folder_paths is not None else []
+    except KeyError:  # a stand-in of ComfyUI without that folder
+        return []
+
+
+def checkpoint_path(name: str) -> Path:
+    """The file a checkpoint loader's `ckpt_name` names (only names listed in ComfyUI's checkpoints folder)."""
+    if name not in checkpoint_names():
+        raise FileNotFoundError(f"{name}: not in ComfyUI's models/checkpoints folder; put it there and refresh.")
+    return Path(require_comfy_module("folder_paths").get_full_path("checkpoints", name))
+
+
 def text_encoder_names() -> list[str]:
     """Files in ComfyUI's text encoder folders (relative names, as its loaders list them); `[]` outside ComfyUI."""
     folder_paths = comfy_module("folder_paths")

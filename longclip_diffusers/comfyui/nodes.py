@@ -11,7 +11,8 @@ from typing import Any
 from ..prompts import SDXL_STRATEGIES
 from ..stretch import CLIP_POSITIONS, DEFAULT_KEEP, DEFAULT_RATIO, max_ratio
 from . import host
-from .conditioning import encode_flux, encode_sd, encode_sd3, encode_sdxl
+from .checkpoint import load_long_clip_checkpoint
+from .conditioning import WEIGHT_STYLES, encode_flux, encode_sd, encode_sd3, encode_sdxl
 from .encoders import CLIP_TYPES, LongCLIP, load_long_clip, long_clip_from_comfy_clip
 from .t5 import T5, t5_from_comfy_clip
 
@@ -34,6 +35,14 @@ _OPTIONS = {
     ),
 }
 
+_WEIGHT_STYLE = (
+    list(WEIGHT_STYLES),
+    {
+        "default": "a1111",
+        "tooltip": "How (word:1.3) acts. a1111: as A1111 and the diffusers pipelines (scale, keep the mean). comfyui: "
+        "as ComfyUI's CLIPTextEncode (away from the empty prompt), the same conditioning as core gives.",
+    },
+)
 
 _STRATEGY = (
     list(SDXL_STRATEGIES),
@@ -103,12 +112,28 @@ class LongCLIPTextEncode:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:
-        return {"required": {"long_clip": (LONGCLIP, {}), "text": _TEXT}, "optional": dict(_OPTIONS)}
+        return {
+            "required": {"long_clip": (LONGCLIP, {}), "text": _TEXT},
+            "optional": {**_OPTIONS, "weight_style": _WEIGHT_STYLE},
+        }
 
     def encode(
-        self, long_clip: LongCLIP, text: str, clip_skip: int = 0, weighting: bool = True, max_windows: int = 0
+        self,
+        long_clip: LongCLIP,
+        text: str,
+        clip_skip: int = 0,
+        weighting: bool = True,
+        max_windows: int = 0,
+        weight_style: str = "a1111",
     ) -> tuple[list]:
-        cond, pooled = encode_sd(long_clip, text, clip_skip=clip_skip, weighting=weighting, max_windows=max_windows)
+        cond, pooled = encode_sd(
+            long_clip,
+            text,
+            clip_skip=clip_skip,
+            weighting=weighting,
+            max_windows=max_windows,
+            weight_style=weight_style,
+        )
         return ([[cond, {"pooled_output": pooled}]],)
 
 
@@ -289,9 +314,10 @@ class LongCLIPT5FromCLIP:
 
     CATEGORY = CATEGORY
     DESCRIPTION = (
-        "Takes T5 (weights and tokenizer) out of a CLIP that holds one: CLIPLoader (type sd3) with a t5xxl file, "
-        "DualCLIPLoader, TripleCLIPLoader, or a checkpoint that bundles T5. The Long-CLIP nodes run it as the "
-        "diffusers pipelines do; it is a copy, so it takes T5's memory once more."
+        "Reads T5 (and its tokenizer) through a CLIP that holds one: CLIPLoader (type sd3) with a t5xxl file, "
+        "DualCLIPLoader, TripleCLIPLoader, or a checkpoint that bundles T5. In place: the Long-CLIP nodes run the "
+        "CLIP's own T5 (its dtype, fp8 included, and ComfyUI's memory management) on the token ids the diffusers "
+        "pipelines give it; no second copy."
     )
     RETURN_TYPES = (LONGCLIP_T5,)
     RETURN_NAMES = ("t5",)
@@ -302,7 +328,6 @@ class LongCLIPT5FromCLIP:
         return {"required": {"clip": ("CLIP", {"tooltip": "A ComfyUI CLIP holding T5 (t5xxl)."})}}
 
     def take(self, clip: Any) -> tuple[T5]:
-        _patch_weights(clip)
         return (t5_from_comfy_clip(clip, dtype=host.model_dtype(), device=host.offload_device()),)
 
 
@@ -336,6 +361,26 @@ class LongCLIPStretch:
         return (long_clip_from_comfy_clip(clip, clip_type, keep, ratio, dtype=dtype, device=device),)
 
 
+class LongCLIPCheckpointLoader:
+    """A single-file checkpoint whose CLIP is a Long-CLIP (248 positions), which ComfyUI's Load Checkpoint refuses."""
+
+    CATEGORY = CATEGORY
+    DESCRIPTION = (
+        "Loads a checkpoint from models/checkpoints as Load Checkpoint does (MODEL, CLIP, VAE), with the text "
+        "encoders at the position count baked into the file: a Long-CLIP-L (248 positions) merged or fine-tuned "
+        "into an SD checkpoint, which Load Checkpoint fails on (248 vs 77). Use the CLIP with CLIPTextEncode."
+    )
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:
+        return {"required": {"ckpt_name": (host.checkpoint_names(), {"tooltip": "A file in models/checkpoints."})}}
+
+    def load(self, ckpt_name: str) -> tuple[Any, Any, Any]:
+        return load_long_clip_checkpoint(host.checkpoint_path(ckpt_name))
+
+
 def _patch_weights(clip: Any) -> None:
     """Inside ComfyUI, apply the CLIP's patches (LoRAs) to its weights before reading them, as CLIPSave does."""
     model_management = host.comfy_module("comfy.model_management")
@@ -351,6 +396,7 @@ NODE_CLASS_MAPPINGS = {
     "LongCLIPTextEncodeFlux": LongCLIPTextEncodeFlux,
     "LongCLIPT5FromCLIP": LongCLIPT5FromCLIP,
     "LongCLIPStretch": LongCLIPStretch,
+    "LongCLIPCheckpointLoader": LongCLIPCheckpointLoader,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "LongCLIPLoader": "Load Long-CLIP",
@@ -360,4 +406,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "LongCLIPTextEncodeFlux": "Long-CLIP Text Encode (Flux)",
     "LongCLIPT5FromCLIP": "T5 from CLIP (Long-CLIP)",
     "LongCLIPStretch": "Long-CLIP from CLIP (stretch)",
+    "LongCLIPCheckpointLoader": "Load Checkpoint (Long-CLIP)",
 }

@@ -1,9 +1,10 @@
-"""The LONGCLIP_T5 object the SD 3 and Flux nodes read T5 from, taken out of a ComfyUI CLIP.
+"""The LONGCLIP_T5 object the SD 3 and Flux nodes read T5 from: the T5 of a ComfyUI CLIP, held once.
 
 ComfyUI users already load T5 into a CLIP (CLIPLoader with type sd3, DualCLIPLoader, TripleCLIPLoader, or a
-checkpoint that bundles it). Its weights (ComfyUI keeps them in Hugging Face's T5 layout, under
-`t5xxl.transformer.`) and its tokenizer (a `T5TokenizerFast`) become a transformers `T5EncoderModel`, so the nodes
-encode T5 with the pipelines' own code (`prompts.encode_t5_prompts`): the same conditioning, bit for bit.
+checkpoint that bundles it). The nodes run that CLIP's own T5 module in place (`ComfyT5`): no second copy of its
+weights, in ComfyUI's dtypes (fp8 included) and under its memory management, fed the token ids of the pipelines'
+own code (`prompts.encode_t5_prompts`) with the CLIP's own T5 tokenizer. A CLIP that only gives its weights
+(`get_sd()`, no ComfyUI modules) is read into a transformers `T5EncoderModel` instead (`t5_from_state_dict`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 from transformers import PreTrainedTokenizerBase, T5Config, T5EncoderModel
 
 from .encoders import comfy_clip_encoder
@@ -19,15 +21,41 @@ from .encoders import comfy_clip_encoder
 # ComfyUI's scaled fp8 files (t5xxl_fp8_e4m3fn_scaled): each linear weight times its `scale_weight`.
 _SCALE_KEYS = (".scale_weight", ".scale_input")
 _QUERY = re.compile(r"encoder\.block\.(\d+)\.layer\.0\.SelfAttention\.q\.weight")
+# Where ComfyUI's CLIPs keep a T5: SD 3's, Flux's, HiDream's (t5xxl) and Stable Audio's (t5base).
+COMFY_T5_NAMES = ("t5xxl", "t5base")
+
+
+class ComfyT5(nn.Module):
+    """The T5 module of a ComfyUI CLIP (comfy/text_encoders/t5.py), called as a transformers T5 encoder:
+    `input_ids [B, T] -> (states [B, T, D],)` in float32, as ComfyUI's own T5 encoders compute.
+
+    Its parameters are the CLIP's own tensors. Each call first has ComfyUI load the CLIP (`clip.load_model()`:
+    its device, dtype, memory management and patches such as LoRAs), as ComfyUI's CLIPTextEncode does.
+    """
+
+    def __init__(self, clip: object, name: str) -> None:
+        super().__init__()
+        self.t5 = getattr(clip.cond_stage_model, name).transformer
+        self.clip = clip
+
+    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor]:
+        patcher = self.clip.load_model()
+        hidden, _ = self.t5(input_ids.to(patcher.load_device), None, dtype=torch.float32)
+        return (hidden,)
 
 
 @dataclass
 class T5:
-    """What a LONGCLIP_T5 socket carries: SD 3's / Flux's T5 encoder and its tokenizer."""
+    """What a LONGCLIP_T5 socket carries: SD 3's / Flux's T5 encoder and its tokenizer. `in_place`: the encoder is a
+    ComfyUI CLIP's own (`ComfyT5`), whose device ComfyUI manages."""
 
-    text_encoder: T5EncoderModel = field(repr=False)
+    text_encoder: T5EncoderModel | ComfyT5 = field(repr=False)
     tokenizer: PreTrainedTokenizerBase = field(repr=False)
     source: str = ""
+
+    @property
+    def in_place(self) -> bool:
+        return isinstance(self.text_encoder, ComfyT5)
 
 
 def t5_config(tensors: dict[str, torch.Tensor]) -> T5Config:
@@ -101,8 +129,17 @@ def t5_from_comfy_clip(
     clip: object, *, dtype: torch.dtype | None = None, device: torch.device | str | None = None
 ) -> T5:
     """The T5 encoder and tokenizer of a ComfyUI CLIP (from CLIPLoader, DualCLIPLoader, TripleCLIPLoader or a
-    checkpoint that bundles T5), as a transformers `T5EncoderModel` (a copy of its weights) and its
-    `T5TokenizerFast`."""
+    checkpoint that bundles T5): the CLIP's own T5 module, in place (`ComfyT5`), with its `T5TokenizerFast`.
+    `dtype` and `device` apply only to a CLIP that gives its weights alone, read into a copy."""
+    model = getattr(clip, "cond_stage_model", None)
+    for name in COMFY_T5_NAMES if model is not None else ():
+        if hasattr(model, name):
+            # ComfyUI's tokenizer for it: under the same name, or "clip_" + name (Stable Audio's)
+            holder = getattr(clip.tokenizer, name, None) or getattr(clip.tokenizer, f"clip_{name}", None)
+            tokenizer = getattr(holder, "tokenizer", None)
+            if tokenizer is None:
+                raise ValueError(f"This CLIP holds a T5 ({name}) but no T5 tokenizer; load it as an SD 3 or Flux CLIP.")
+            return T5(ComfyT5(clip, name), tokenizer, f"the CLIP's {name}")
     where = "Load one with CLIPLoader (type sd3) from a t5xxl file, or with DualCLIPLoader / TripleCLIPLoader."
     tensors = comfy_clip_encoder(clip, "t5xxl", where)  # ComfyUI's T5 has Hugging Face's key names
     tokenizer = getattr(getattr(clip.tokenizer, "t5xxl", None), "tokenizer", None)
