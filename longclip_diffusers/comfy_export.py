@@ -24,6 +24,7 @@ from . import __version__
 from .atomic import atomic_output
 from .comfyui.encoders import CLIP_TYPES, read_back_single_file, role_problem
 from .convert import DTYPES
+from .families import FAMILIES
 from .formats import Checkpoint, CheckpointError, load_checkpoint
 from .hub import WEIGHT_SUFFIXES
 from .stretch import CLIP_POSITIONS
@@ -134,7 +135,7 @@ so a prompt gives the same conditioning as its diffusers pipelines (`LongCLIPSta
 ```
 """
 
-WORKFLOW_FAMILIES = ("sd15", "sdxl", "sd3", "flux")
+WORKFLOW_FAMILIES = tuple(key for key, family in FAMILIES.items() if family.comfy)
 _EXAMPLE_PROMPT = (
     "A highly detailed oil painting of an old stone lighthouse on a rugged cliff at dusk, waves crashing on "
     "the black rocks below, seagulls circling in a sky streaked with orange and violet, a warm light glowing "
@@ -151,17 +152,13 @@ def example_workflow(encoder_name: str = DEFAULT_ENCODER_NAME, family: str = "sd
     SD 1.5, SDXL, SD 3.5 (Large) or Flux.1-dev."""
     if family not in WORKFLOW_FAMILIES:
         raise ValueError(f"Unknown family {family!r}; choose one of {', '.join(WORKFLOW_FAMILIES)}.")
-    checkpoints = {
-        "sd15": "v1-5-pruned-emaonly.safetensors",
-        "sdxl": "sd_xl_base_1.0.safetensors",
-        "sd3": "sd3.5_large.safetensors",
-    }
-    size = 512 if family == "sd15" else 1024
+    workflow = FAMILIES[family].comfy
+    size = workflow.size
     nodes: dict[str, dict] = {
         "1": (
-            {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}}
+            {"class_type": "UNETLoader", "inputs": {"unet_name": workflow.model_file, "weight_dtype": "default"}}
             if family == "flux"
-            else {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoints[family]}}
+            else {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": workflow.model_file}}
         ),
         "2": {"class_type": "LongCLIPLoader", "inputs": {"text_encoder": encoder_name, "clip_type": "clip_l"}},
     }
@@ -196,13 +193,7 @@ def example_workflow(encoder_name: str = DEFAULT_ENCODER_NAME, family: str = "sd
         nodes["12"] = {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}}
     latent = "EmptyLatentImage" if family in ("sd15", "sdxl") else "EmptySD3LatentImage"
     nodes["6"] = {"class_type": latent, "inputs": {"width": size, "height": size, "batch_size": 1}}
-    sampling = {
-        "sd15": (30, 7.0, "normal"),
-        "sdxl": (30, 7.0, "normal"),
-        "sd3": (28, 4.5, "sgm_uniform"),
-        "flux": (20, 1.0, "simple"),
-    }
-    steps, cfg, scheduler = sampling[family]
+    steps, cfg, scheduler = workflow.steps, workflow.cfg, workflow.scheduler
     nodes["7"] = {
         "class_type": "KSampler",
         "inputs": {

@@ -39,6 +39,7 @@ from transformers import (
 
 from .atomic import atomic_output
 from .convert import convert
+from .families import FAMILIES
 from .formats import CLIP_BOS_TOKEN_ID, CLIP_EOS_TOKEN_ID
 from .stretch import CLIP_POSITIONS, DEFAULT_KEEP, DEFAULT_RATIO
 from .tokenizer import LongCLIPTokenizer
@@ -299,14 +300,8 @@ def tiny_flux_pipeline(seed: int = 0):
     )
 
 
-# The pipelines `write_tiny_components` writes, by folder name.
-TINY_PIPELINES = {
-    "sd15": tiny_sd15_pipeline,
-    "sdxl": tiny_sdxl_pipeline,
-    "sd2": tiny_sd2_pipeline,
-    "sd3": tiny_sd3_pipeline,
-    "flux": tiny_flux_pipeline,
-}
+# The pipelines `write_tiny_components` writes, by folder name (the family's key), one per family of the table.
+TINY_PIPELINES = {key: globals()[family.tiny_builder] for key, family in FAMILIES.items()}
 
 
 def tiny_clip_model(seed: int = 0):
