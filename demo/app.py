@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from longclip_diffusers.families import FAMILIES, Family
 from longclip_diffusers.formats import load_checkpoint
 from longclip_diffusers.hub import looks_local
 from longclip_diffusers.pipelines.generate import (
@@ -35,22 +36,29 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Base:
-    """A base the demo offers: its pipeline family, default Hub id, the `longclip demo` flag and environment variable
-    that replace it; the flag also names the `longclip tiny` folder that stands in for it offline."""
+    """A base the demo offers: a family of the table, its default Hub id, and the `longclip demo` flag and
+    environment variable that replace it; the flag also names the `longclip tiny` folder that stands in for it."""
 
-    family: str  # a `generate.FAMILIES` name
-    default: str
-    flag: str
-    environment: str
+    spec: Family
+
+    @property
+    def family(self) -> str:
+        return self.spec.name
+
+    @property
+    def default(self) -> str:
+        return self.spec.default_pipeline
+
+    @property
+    def flag(self) -> str:
+        return self.spec.key
+
+    @property
+    def environment(self) -> str:
+        return f"LONGCLIP_{self.spec.key.upper()}"
 
 
-BASES = {
-    "SD 1.5": Base("SD 1.x/2.x", "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd15", "LONGCLIP_SD15"),
-    "SDXL": Base("SDXL", "stabilityai/stable-diffusion-xl-base-1.0", "sdxl", "LONGCLIP_SDXL"),
-    "SD 2.x": Base("SD 1.x/2.x", "stabilityai/stable-diffusion-2-1", "sd2", "LONGCLIP_SD2"),
-    "SD 3.5": Base("SD 3", "stabilityai/stable-diffusion-3.5-medium", "sd3", "LONGCLIP_SD3"),
-    "Flux.1": Base("Flux.1", "black-forest-labs/FLUX.1-schnell", "flux", "LONGCLIP_FLUX"),
-}
+BASES = {family.name: Base(family) for family in FAMILIES.values()}
 DEFAULT_ENCODER = "BeichenZhang/LongCLIP-L"  # Long-CLIP-L: SD 1.5's, SDXL's and SD 3's first encoder, Flux's CLIP
 # SD 2.x conditions on OpenCLIP-H, not CLIP-L: it needs a long H of its own (no published one; `longclip stretch`)
 ENVIRONMENT = {"encoder": "LONGCLIP_ENCODER", "sd2_encoder": "LONGCLIP_SD2_ENCODER"}
@@ -125,7 +133,7 @@ class Sources:
         }
         encoder = encoder or os.environ.get(ENVIRONMENT["encoder"]) or DEFAULT_ENCODER
         sd2_encoder = sd2_encoder or os.environ.get(ENVIRONMENT["sd2_encoder"])
-        encoders = {name: sd2_encoder if name == "SD 2.x" else encoder for name in BASES}
+        encoders = {name: sd2_encoder if base.flag == "sd2" else encoder for name, base in BASES.items()}
         return cls({name: chosen[name] for name in BASES if encoders[name]}, encoders)
 
     @classmethod
@@ -302,12 +310,12 @@ def compare(models: Models, base: str, prompt: str, negative: str, seed: int, st
             pair.long.tokenizer,
             weighting=pair.long.config.prompt_weighting,
             max_windows=windows_limit(pair.long),
-            pooled_only=pair.family.name == "Flux.1",
+            pooled_only=pair.family.long_encoder.layer is None,
             t5=T5Reading.of(pair),
         )
         summary = coverage.summary
         if ignored_negative:
-            summary += " Flux.1 reads no negative prompt (its guidance is distilled): it was left out."
+            summary += f" {pair.family.name} reads no negative prompt (its guidance is distilled): it was left out."
         if models.scorer:
             scores = models.scorer([vanilla, long], prompt)
             score_text = f"Long-CLIP alignment with the full prompt: vanilla **{scores[0]}**, Long-CLIP **{scores[1]}**"
@@ -422,7 +430,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         )
     parser.add_argument(
         "--long-encoder",
-        help=f"Long-CLIP-L for SD 1.5, SDXL, SD 3.5 and Flux.1: Hub id, folder or .pt (env {ENVIRONMENT['encoder']}; "
+        help=f"Long-CLIP-L for SD 1.5, SDXL, SD 3 and Flux.1: Hub id, folder or .pt (env {ENVIRONMENT['encoder']}; "
         f"default {DEFAULT_ENCODER})",
     )
     parser.add_argument(

@@ -24,6 +24,7 @@ from . import __version__
 from .atomic import atomic_output, refuse_file_above
 from .comfyui.encoders import CLIP_TYPES, read_back_single_file, role_problem
 from .convert import DTYPES
+from .families import FAMILIES
 from .formats import Checkpoint, CheckpointError, load_checkpoint
 from .hub import WEIGHT_SUFFIXES
 from .stretch import CLIP_POSITIONS
@@ -138,19 +139,17 @@ so a prompt gives the same conditioning as its diffusers pipelines (`LongCLIPSta
 ```
 """
 
-WORKFLOW_FAMILIES = ("sd15", "sdxl", "sd3", "flux")
+WORKFLOW_FAMILIES = tuple(key for key, family in FAMILIES.items() if family.comfy)
 _EXAMPLE_PROMPT = (
     "A highly detailed oil painting of an old stone lighthouse on a rugged cliff at dusk, waves crashing on "
     "the black rocks below, seagulls circling in a sky streaked with orange and violet, a warm light glowing "
     "in the lantern room, a narrow staircase winding down to a small pier where fishermen mend their nets"
 )
 _EXAMPLE_NEGATIVE = "blurry, low quality, watermark"
-# The model files each example workflow names, by role: the published models' usual file names.
+# The model files each example workflow names, by role (a family's key for its model): the published models' usual
+# file names.
 DEFAULT_MODELS = {
-    "sd15": "v1-5-pruned-emaonly.safetensors",
-    "sdxl": "sd_xl_base_1.0.safetensors",
-    "sd3": "sd3.5_large.safetensors",
-    "flux": "flux1-dev.safetensors",
+    **{key: FAMILIES[key].comfy.model_file for key in WORKFLOW_FAMILIES},
     "vae": "ae.safetensors",
     "clip_g": "clip_g.safetensors",
     "t5": "t5xxl_fp16.safetensors",
@@ -164,14 +163,15 @@ def example_workflow(
     SD 1.5, SDXL, SD 3.5 (Large) or Flux.1-dev. `models` replaces file names of `DEFAULT_MODELS` (by role)."""
     if family not in WORKFLOW_FAMILIES:
         raise ValueError(f"Unknown family {family!r}; choose one of {', '.join(WORKFLOW_FAMILIES)}.")
+    workflow = FAMILIES[family].comfy
     names = {**DEFAULT_MODELS, **(models or {})}
     # T5-XXL loaded alone into a ComfyUI CLIP, read in place by "T5 from CLIP"
     t5_clip = {"class_type": "CLIPLoader", "inputs": {"clip_name": names["t5"], "type": "sd3"}}
     t5 = {"class_type": "LongCLIPT5FromCLIP", "inputs": {"clip": ["10", 0]}}
-    size = 512 if family == "sd15" else 1024
+    size = workflow.size
     nodes: dict[str, dict] = {
         "1": (
-            {"class_type": "UNETLoader", "inputs": {"unet_name": names["flux"], "weight_dtype": "default"}}
+            {"class_type": "UNETLoader", "inputs": {"unet_name": names[family], "weight_dtype": "default"}}
             if family == "flux"
             else {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": names[family]}}
         ),
@@ -208,13 +208,7 @@ def example_workflow(
         nodes["12"] = {"class_type": "VAELoader", "inputs": {"vae_name": names["vae"]}}
     latent = "EmptyLatentImage" if family in ("sd15", "sdxl") else "EmptySD3LatentImage"
     nodes["6"] = {"class_type": latent, "inputs": {"width": size, "height": size, "batch_size": 1}}
-    sampling = {
-        "sd15": (30, 7.0, "normal"),
-        "sdxl": (30, 7.0, "normal"),
-        "sd3": (28, 4.5, "sgm_uniform"),
-        "flux": (20, 1.0, "simple"),
-    }
-    steps, cfg, scheduler = sampling[family]
+    steps, cfg, scheduler = workflow.steps, workflow.cfg, workflow.scheduler
     nodes["7"] = {
         "class_type": "KSampler",
         "inputs": {

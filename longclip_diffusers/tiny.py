@@ -48,6 +48,7 @@ from .constants import (
     OPEN_CLIP_PAD_TOKEN,
 )
 from .convert import convert
+from .families import FAMILIES
 from .stretch import DEFAULT_KEEP, DEFAULT_RATIO
 from .tiny_comfy import write_tiny_comfyui
 from .tokenizer import LongCLIPTokenizer
@@ -307,14 +308,8 @@ def tiny_flux_pipeline(seed: int = 0):
     )
 
 
-# The pipelines `write_tiny_components` writes, by folder name.
-TINY_PIPELINES = {
-    "sd15": tiny_sd15_pipeline,
-    "sdxl": tiny_sdxl_pipeline,
-    "sd2": tiny_sd2_pipeline,
-    "sd3": tiny_sd3_pipeline,
-    "flux": tiny_flux_pipeline,
-}
+# The pipelines `write_tiny_components` writes, by folder name (the family's key), one per family of the table.
+TINY_PIPELINES = {key: globals()[family.tiny_builder] for key, family in FAMILIES.items()}
 
 
 def tiny_clip_model(seed: int = 0):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from collections.abc import Iterator
@@ -10,74 +9,24 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import diffusers
 import torch
-from diffusers import (
-    DiffusionPipeline,
-    FluxPipeline,
-    StableDiffusion3Pipeline,
-    StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
-)
+from diffusers import DiffusionPipeline
 from PIL import Image
-from transformers import PreTrainedTokenizerBase
+from transformers import CLIPTextConfig, PreTrainedTokenizerBase
 
+import longclip_diffusers.pipelines as long_pipelines
 from longclip_diffusers import LongCLIPTextEncoder, LongCLIPTokenizer
 from longclip_diffusers.atomic import atomic_write, refuse_file_above
+from longclip_diffusers.families import Family, describe_families, families_of, family_of
 from longclip_diffusers.grid import captioned_grid
 from longclip_diffusers.hub import looks_local
 from longclip_diffusers.prompts import tokenize_weighted
 from longclip_diffusers.token_counts import LongRead, count_tokens, windows_read
 
-from .longclip_flux.pipeline import LongCLIPFluxPipeline
-from .longclip_sd.pipeline import LongCLIPStableDiffusionPipeline
-from .longclip_sd3.pipeline import LongCLIPStableDiffusion3Pipeline
-from .longclip_sdxl.pipeline import LongCLIPStableDiffusionXLPipeline
-
 # What `generate --out` writes, by suffix (lossless first). Pillow registers more, some only as stubs that fail.
 IMAGE_SUFFIXES = (".png", ".webp", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 LOGGED_PROMPT_CHARS = 400  # a warning that quotes a prompt is cut to this many characters
-T5_TOKENIZERS = {"SD 3": "tokenizer_3", "Flux.1": "tokenizer_2"}  # where SD 3 and Flux keep T5's tokenizer
-
-
-@dataclass(frozen=True)
-class Family:
-    """A pipeline family `generate` runs: the stock class (`_class_name` in model_index.json), its Long-CLIP twin,
-    and how Long-CLIP-L loads into it."""
-
-    name: str
-    stock: type[DiffusionPipeline]
-    long: type[DiffusionPipeline]
-    with_projection: bool | None = None  # SD 3 reads CLIP-L's projection, Flux the pooled output before it
-    has_big_g: bool = False  # SDXL and SD 3: OpenCLIP-bigG reads the windows by a `strategy`
-    reads_negative: bool = True  # Flux.1's guidance is distilled: at its settings no negative prompt is read
-
-    def check_options(
-        self, pipeline: str | os.PathLike, *, strategy: str | None = None, negative_prompt: str | None = None
-    ) -> None:
-        """Refuse options this family would not use, before any model loads."""
-        if strategy is not None and not self.has_big_g:
-            raise ValueError(
-                f"strategy={strategy!r} sets how the second text encoder of SDXL and SD 3 (OpenCLIP-bigG) reads long "
-                f"prompts, but {pipeline} is a {self.stock.__name__}, which has none; leave the strategy out."
-            )
-        if negative_prompt and not self.reads_negative:
-            raise ValueError(
-                f"{pipeline} is a {self.stock.__name__}: Flux.1 reads no negative prompt at its usual settings (its "
-                "guidance is distilled into the model); leave the negative prompt out."
-            )
-
-
-FAMILIES = {
-    family.stock.__name__: family
-    for family in (
-        Family("SD 1.x/2.x", StableDiffusionPipeline, LongCLIPStableDiffusionPipeline),
-        Family("SDXL", StableDiffusionXLPipeline, LongCLIPStableDiffusionXLPipeline, has_big_g=True),
-        Family(
-            "SD 3", StableDiffusion3Pipeline, LongCLIPStableDiffusion3Pipeline, with_projection=True, has_big_g=True
-        ),
-        Family("Flux.1", FluxPipeline, LongCLIPFluxPipeline, with_projection=False, reads_negative=False),
-    )
-}
 
 
 @dataclass
@@ -91,7 +40,7 @@ class PipelinePair:
 
 def pipeline_family(pipeline: str | os.PathLike) -> Family:
     """The family of a diffusers pipeline (Hub id or folder), from `_class_name` in its model_index.json (read
-    alone, before any model)."""
+    alone, before any model; SD 1.x and 2.x, which share a class, are told apart by their text encoder's config)."""
     if looks_local(str(pipeline)) and not Path(pipeline).expanduser().exists():  # no Hub retries for a typo
         raise FileNotFoundError(
             f"{pipeline}: no diffusers pipeline there (no such folder, and not a Hugging Face Hub repo id)."
@@ -100,14 +49,35 @@ def pipeline_family(pipeline: str | os.PathLike) -> Family:
         class_name = DiffusionPipeline.load_config(pipeline).get("_class_name")
     except OSError as error:  # diffusers' messages run over several lines
         raise OSError(f"{pipeline}: no diffusers pipeline there ({' '.join(str(error).split())})") from None
-    family = FAMILIES.get(class_name) if isinstance(class_name, str) else None
+    family = family_of(class_name) if isinstance(class_name, str) else None
     if family is None:
-        known = ", ".join(f"{name} ({known.name})" for name, known in FAMILIES.items())
         raise ValueError(
             f"{pipeline}: its model_index.json names {class_name!r}; Long-CLIP replaces the CLIP-L text encoder of "
-            f"{known} checkpoints. Pass a stock pipeline of one of these."
+            f"{describe_families()} checkpoints. Pass a stock pipeline of one of these."
         )
+    if len(families_of(class_name)) > 1:  # told apart by their first CLIP
+        try:
+            activation = CLIPTextConfig.from_pretrained(pipeline, subfolder=family.long_encoder.component).hidden_act
+        except OSError:
+            return family
+        family = family_of(class_name, activation)
     return family
+
+
+def check_options(
+    family: Family, pipeline: str | os.PathLike, *, strategy: str | None = None, negative_prompt: str | None = None
+) -> None:
+    """Refuse options `family` would not use, before any model loads."""
+    if strategy is not None and not family.big_g_strategies:
+        raise ValueError(
+            f"strategy={strategy!r} sets how the second text encoder of SDXL and SD 3 (OpenCLIP-bigG) reads long "
+            f"prompts, but {pipeline} is a {family.stock_pipeline}, which has none; leave the strategy out."
+        )
+    if negative_prompt and not family.reads_negative:
+        raise ValueError(
+            f"{pipeline} is a {family.stock_pipeline}: {family.name} reads no negative prompt at its usual settings "
+            "(its guidance is distilled into the model); leave the negative prompt out."
+        )
 
 
 def default_device_and_dtype() -> tuple[str, torch.dtype]:
@@ -184,13 +154,15 @@ def load_pipelines(
     """
     if family is None:
         family = pipeline_family(pipeline)
-        family.check_options(pipeline, strategy=strategy)
+        check_options(family, pipeline, strategy=strategy)
     default_device, default_dtype = default_device_and_dtype()
     device, dtype = device or default_device, dtype or default_dtype
     # refuses 77-position encoders
-    text_encoder = LongCLIPTextEncoder.from_pretrained(long_encoder, with_projection=family.with_projection)
+    projection = family.long_encoder.projection
+    text_encoder = LongCLIPTextEncoder.from_pretrained(long_encoder, with_projection=projection)
     tokenizer = LongCLIPTokenizer.from_pretrained(long_encoder)
-    stock = family.stock.from_pretrained(pipeline)
+    stock_class, long_class = getattr(diffusers, family.stock_pipeline), getattr(long_pipelines, family.long_pipeline)
+    stock = stock_class.from_pretrained(pipeline)
     expected_width = stock.text_encoder.config.hidden_size
     if text_encoder.config.hidden_size != expected_width:
         raise ValueError(
@@ -202,9 +174,9 @@ def load_pipelines(
     check_depth(
         text_encoder.config.num_hidden_layers, stock.text_encoder.config.num_hidden_layers, long_encoder, pipeline
     )
-    options = {"long_prompt_strategy": strategy or "chunk"} if family.has_big_g else {}
+    options = {"long_prompt_strategy": strategy or "chunk"} if family.big_g_strategies else {}
     with _quiet_empty_float32_warning():
-        long = family.long.from_pipe(stock, text_encoder=text_encoder, tokenizer=tokenizer, **options)
+        long = long_class.from_pipe(stock, text_encoder=text_encoder, tokenizer=tokenizer, **options)
         if (device, dtype) != ("cpu", torch.float32):  # models load on the CPU in float32
             stock.to(device, dtype)  # the Long-CLIP pipeline shares these modules
             long.text_encoder.to(device, dtype)
@@ -300,7 +272,7 @@ def generate(
 def windows_limit(pipe: DiffusionPipeline) -> int | None:
     """How many CLIP-L windows a Long-CLIP pipeline reads: Flux the first (its pooled vector), the others up to
     their `max_prompt_windows`."""
-    return 1 if isinstance(pipe, FluxPipeline) else pipe.config.max_prompt_windows
+    return pipe.family.window_limit or pipe.config.max_prompt_windows or None
 
 
 def long_read(pipe: DiffusionPipeline, prompt: str) -> LongRead:
@@ -319,11 +291,8 @@ class T5Reading:
     def of(cls, pair: PipelinePair) -> T5Reading | None:
         """The pair's T5 (shared by both pipelines) and the `max_sequence_length` they read by default; None for
         families without T5."""
-        name = T5_TOKENIZERS.get(pair.family.name)
-        if name is None:
-            return None
-        length = inspect.signature(type(pair.long).__call__).parameters["max_sequence_length"].default
-        return cls(getattr(pair.long, name), length)
+        t5 = pair.family.t5
+        return None if t5 is None else cls(getattr(pair.long, t5.tokenizer), t5.default_length)
 
     def read(self, prompt: str, weighting: bool = True) -> tuple[int, int]:
         """The prompt's T5 tokens and how many T5 reads: with `weighting` as `encode_t5_prompts` reads it (the

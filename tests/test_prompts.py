@@ -5,16 +5,16 @@ import logging
 import pytest
 import torch
 
+from longclip_diffusers.pipelines.arguments import as_prompt_list, negative_prompt_list
 from longclip_diffusers.prompts import (
     BREAK,
     MAX_WEIGHT,
+    PromptOptions,
     TextEncoderSpec,
     apply_weights,
-    as_prompt_list,
     encode_prompts,
     encode_windows_chunked,
     encode_windows_direct,
-    negative_prompt_list,
     parse_weighted_prompt,
     stretched_view,
     tokenize_windows,
@@ -142,7 +142,7 @@ def test_stretch_strategy_shares_weights_and_leaves_the_encoder_alone(sdxl_parts
 def test_the_tail_past_77_reaches_both_sdxl_halves(sdxl_parts, strategy):
     head = "a lighthouse on a cliff at dusk, waves crashing on black rocks, " * 6
     a, b = head + "a red boat in the bay", head + "a white ship in the bay"
-    conditioning, pooled = encode_prompts([a, b], sdxl_parts, strategy=strategy)
+    conditioning, pooled = encode_prompts([a, b], sdxl_parts, PromptOptions(strategy=strategy))
     assert conditioning.shape == (2, 248, 64)
     start = len(LongCLIPTokenizer.from_clip_bpe()(head).input_ids) - 1
     assert start > 77
@@ -270,7 +270,7 @@ def test_weights_out_of_range_are_refused_with_the_weight_and_the_range(sdxl_par
     ],
 )
 def test_conditioning_stays_finite_and_bounded_at_the_edges(sdxl_parts, prompt):
-    plain, _ = encode_prompts([prompt], sdxl_parts, weighting=False)
+    plain, _ = encode_prompts([prompt], sdxl_parts, PromptOptions(weighting=False))
     weighted, _ = encode_prompts([prompt], sdxl_parts)
     assert torch.isfinite(weighted).all()
     assert weighted.abs().max() <= MAX_WEIGHT**2 * plain.abs().max()
@@ -296,7 +296,9 @@ def a1111_emphasis(states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 def mixed_sign_states(sdxl_parts):
     """Real hidden states [T, D] whose tokens' means have both signs (SDXL reads un-normalised states)."""
     spec_l, _ = sdxl_parts
-    states, _ = encode_prompts(["a red cat on a mat next to an old stone lighthouse"], [spec_l], weighting=False)
+    states, _ = encode_prompts(
+        ["a red cat on a mat next to an old stone lighthouse"], [spec_l], PromptOptions(weighting=False)
+    )
     states = states[0]
     token_means = states.mean(-1)
     assert (token_means > 0).any() and (token_means < 0).any()
@@ -349,3 +351,24 @@ def test_a_typed_end_token_does_not_cut_the_pooled_features(sdxl_parts):
     words = spec_l.tokenizer(["a cat", "on a mat"], add_special_tokens=False).input_ids
     _, parsed_pooled = encode_windows_direct(spec_g, [[*words[0], spec_l.tokenizer.eos_token_id, *words[1]]], 77)
     torch.testing.assert_close(parsed_pooled, pooled_of_the_head, atol=1e-6, rtol=0)
+
+
+def test_the_syntax_module_imports_neither_torch_nor_transformers():
+    """Prompt syntax is plain text: a tool can parse prompts without loading torch (as compel's parser)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import longclip_diffusers.prompts.syntax as syntax
+
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('syntax', {str(Path(syntax.__file__))!r})\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(module)\n"
+        "assert module.parse_weighted_prompt('a (red:1.5) cat') == [('a ', 1.0), ('red', 1.5), (' cat', 1.0)]\n"
+        "print(sorted(name for name in sys.modules if name.split('.')[0] in ('torch', 'transformers')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import torch
 
+from ..families import FAMILIES
 from ..prompts import (
-    SDXL_STRATEGIES,
+    PromptOptions,
     TextEncoderSpec,
+    check_strategy,
     encode_flux_prompts,
     encode_prompts,
     encode_sd3_prompts,
     encode_windows_direct,
-    sd_text_spec,
-    sdxl_text_spec,
+    text_encoder_specs,
     tokenize_windows,
 )
 from . import host
@@ -35,10 +36,6 @@ def _check_clip_skip(clip_skip: int, *long_clips: LongCLIP, skipped_anyway: int 
 # How a weight acts on a token's state: A1111's (the pipelines': scale, then restore the mean) or ComfyUI core's
 # (move the state away from the empty prompt's state at its position: (z - z_empty) * weight + z_empty).
 WEIGHT_STYLES = ("a1111", "comfyui")
-
-
-def _max_windows(max_windows: int | None) -> int | None:
-    return max_windows or None  # ComfyUI's INT widgets say "no limit" with 0
 
 
 def encode_sd(
@@ -60,30 +57,29 @@ def encode_sd(
     if weight_style not in WEIGHT_STYLES:
         raise ValueError(f"Unknown weight_style {weight_style!r}; choose one of {', '.join(WEIGHT_STYLES)}.")
     _check_clip_skip(clip_skip, long_clip)
-    spec = sd_text_spec(long_clip.text_encoder, long_clip.tokenizer, clip_skip)
+    specs = text_encoder_specs(FAMILIES["sd15"], [(long_clip.text_encoder, long_clip.tokenizer)], clip_skip)
     with host.on_load_device(long_clip.text_encoder) as device:
+        options = PromptOptions(weighting=weighting, max_windows=max_windows, device=device)
         if weighting and weight_style == "comfyui":
-            cond, pooled = _encode_weighted_as_comfyui(spec, text, _max_windows(max_windows), device)
+            cond, pooled = _encode_weighted_as_comfyui(specs[0], text, options)
         else:
-            cond, pooled = encode_prompts(
-                [text], [spec], weighting=weighting, max_windows=_max_windows(max_windows), device=device
-            )
+            cond, pooled = encode_prompts([text], specs, options)
     return _to_output(cond), _to_output(pooled)
 
 
 @torch.no_grad()
 def _encode_weighted_as_comfyui(
-    spec: TextEncoderSpec, text: str, max_windows: int | None, device: torch.device
+    spec: TextEncoderSpec, text: str, options: PromptOptions
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Windows as `encode_prompts` makes them, each weighted token's state moved as ComfyUI core's
     CLIPTextEncode moves it (comfy/sd1_clip.py): `(z - z_empty) * weight + z_empty`, z_empty the empty prompt's
     state at the same position."""
     length = spec.num_positions
-    windows = tokenize_windows(text, spec.tokenizer, length - 2, True, max_windows)
+    windows = tokenize_windows(text, spec.tokenizer, length - 2, True, options.max_windows)
     token_ids = windows.token_ids or [[]]
-    hidden, pooled = encode_windows_direct(spec, token_ids, length, device)
+    hidden, pooled = encode_windows_direct(spec, token_ids, length, options.device)
     if windows.is_weighted:
-        empty, _ = encode_windows_direct(spec, [[]], length, device)
+        empty, _ = encode_windows_direct(spec, [[]], length, options.device)
         weights = torch.ones(len(token_ids), length, 1, device=hidden.device)
         for row, window_weights in zip(weights, windows.weights, strict=True):
             row[1 : 1 + len(window_weights), 0] = torch.tensor(window_weights)
@@ -109,28 +105,22 @@ def encode_sdxl(
     concatenated; bigG reads `text_g` when given (SDXL's `prompt_2`) and, when shorter than CLIP-L, is chunked
     or stretched by `strategy`.
     """
-    _check_clip_l_and_g(long_clip, clip_g, "SDXL", strategy)
-    specs, prompts_2 = _clip_l_and_g_inputs(long_clip, clip_g, text, text_g, clip_skip)
+    _check_clip_l_and_g(long_clip, clip_g, "sdxl", strategy)
+    specs, prompts_2 = _clip_l_and_g_inputs(long_clip, clip_g, "sdxl", text, text_g, clip_skip)
     with host.on_load_device(long_clip.text_encoder, clip_g.text_encoder) as device:
-        cond, pooled = encode_prompts(
-            [text],
-            specs,
-            strategy=strategy,
-            weighting=weighting,
-            max_windows=_max_windows(max_windows),
-            prompts_2=prompts_2,
-            device=device,
-        )
+        options = PromptOptions(strategy=strategy, weighting=weighting, max_windows=max_windows, device=device)
+        cond, pooled = encode_prompts([text], specs, options, prompts_2)
     return _to_output(cond), _to_output(pooled)
 
 
 def _clip_l_and_g_inputs(
-    long_clip: LongCLIP, clip_g: LongCLIP, text: str, text_g: str | None, clip_skip: int
+    long_clip: LongCLIP, clip_g: LongCLIP, family: str, text: str, text_g: str | None, clip_skip: int
 ) -> tuple[list[TextEncoderSpec], list[str] | None]:
-    """SDXL's and SD 3's two CLIP encoders as they read a prompt (penultimate layer without the final norm,
+    """SDXL's and SD 3's two CLIP encoders as the family reads a prompt (penultimate layer without the final norm,
     `clip_skip` layers earlier), and bigG's own prompts (`text_g`, when it differs from `text`)."""
     _check_clip_skip(clip_skip, long_clip, clip_g, skipped_anyway=1)
-    specs = [sdxl_text_spec(encoder.text_encoder, encoder.tokenizer, clip_skip) for encoder in (long_clip, clip_g)]
+    pairs = [(encoder.text_encoder, encoder.tokenizer) for encoder in (long_clip, clip_g)]
+    specs = text_encoder_specs(FAMILIES[family], pairs, clip_skip)
     return specs, [text_g] if text_g and text_g != text else None
 
 
@@ -154,13 +144,13 @@ def encode_sd3(
     earlier) side by side, zero-padded to T5's width, then T5's states; bigG reads `text_g` and T5 `text_t5` when
     given (SD 3's `prompt_2` / `prompt_3`); bigG is chunked or stretched by `strategy` when shorter than CLIP-L.
     """
-    _check_clip_l_and_g(long_clip, clip_g, "SD 3", strategy)
+    _check_clip_l_and_g(long_clip, clip_g, "sd3", strategy)
     if not long_clip.has_projection:
         raise ValueError(
             f"{long_clip.source}: this Long-CLIP-L has no text projection, but SD 3 reads CLIP-L's projected pooled "
             "vector; load a Long-CLIP-L that has one (the published LongCLIP-L .pt, or its export) with Load Long-CLIP."
         )
-    specs, prompts_2 = _clip_l_and_g_inputs(long_clip, clip_g, text, text_g, clip_skip)
+    specs, prompts_2 = _clip_l_and_g_inputs(long_clip, clip_g, "sd3", text, text_g, clip_skip)
     with host.on_load_device(long_clip.text_encoder, clip_g.text_encoder, *_t5_to_move(t5)) as device:
         cond, pooled = encode_sd3_prompts(
             [text],
@@ -170,10 +160,7 @@ def encode_sd3(
             prompts_2=prompts_2,
             prompts_3=[text_t5 or text],
             max_sequence_length=max_sequence_length,
-            strategy=strategy,
-            weighting=weighting,
-            max_windows=_max_windows(max_windows),
-            device=device,
+            options=PromptOptions(strategy=strategy, weighting=weighting, max_windows=max_windows, device=device),
         )
     return _to_output(cond), _to_output(pooled)
 
@@ -202,25 +189,23 @@ def encode_flux(
             t5.tokenizer,
             prompts_2=[text_t5] if text_t5 else None,
             max_sequence_length=max_sequence_length,
-            weighting=weighting,
-            device=device,
+            options=PromptOptions(weighting=weighting, device=device),
         )
     return _to_output(cond), _to_output(pooled)
-
-
-def _t5_to_move(t5: T5) -> list[torch.nn.Module]:
-    """T5 for `host.on_load_device` to move: none when it is a ComfyUI CLIP's own, which ComfyUI loads itself."""
-    return [] if t5.in_place else [t5.text_encoder]
 
 
 def _check_clip_l_and_g(long_clip: LongCLIP, clip_g: LongCLIP, family: str, strategy: str) -> None:
     if long_clip.clip_type != "clip_l" or clip_g.clip_type != "clip_g":
         raise ValueError(
-            f"Connect a Long-CLIP-L loaded as clip_l to `long_clip` and {family}'s bigG loaded as clip_g to `clip_g` "
-            f"(got {long_clip.clip_type} and {clip_g.clip_type})."
+            f"Connect a Long-CLIP-L loaded as clip_l to `long_clip` and {FAMILIES[family].name}'s bigG loaded as "
+            f"clip_g to `clip_g` (got {long_clip.clip_type} and {clip_g.clip_type})."
         )
-    if strategy not in SDXL_STRATEGIES:
-        raise ValueError(f"Unknown strategy {strategy!r}; choose one of {', '.join(SDXL_STRATEGIES)}.")
+    check_strategy(strategy)
+
+
+def _t5_to_move(t5: T5) -> list[torch.nn.Module]:
+    """T5 for `host.on_load_device` to move: none when it is a ComfyUI CLIP's own, which ComfyUI loads itself."""
+    return [] if t5.in_place else [t5.text_encoder]
 
 
 def _to_output(tensor: torch.Tensor | None) -> torch.Tensor | None:

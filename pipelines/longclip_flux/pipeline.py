@@ -6,10 +6,7 @@
 #     DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
 """`LongCLIPFluxPipeline`: Flux.1 whose CLIP-L pooled vector reads 248 tokens, with A1111 weighting."""
 
-import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-from diffusers.loaders import FluxLoraLoaderMixin, TextualInversionLoaderMixin
-from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_layers
 from transformers import (
     CLIPImageProcessor,
     CLIPTextModel,
@@ -19,20 +16,11 @@ from transformers import (
     T5TokenizerFast,
 )
 
+from longclip_diffusers.pipelines.encoding import FluxPromptEncoding
 from longclip_diffusers.pipelines.saving import SavesItsCode
-from longclip_diffusers.prompts import (
-    as_prompt_list,
-    encode_flux_prompts,
-    has_added_tokens,
-    paired_prompt_list,
-    repeat_per_image,
-    require_pooled,
-    require_pooler_output,
-)
-from longclip_diffusers.tokenizer import check_pair
 
 
-class LongCLIPFluxPipeline(SavesItsCode, FluxPipeline):
+class LongCLIPFluxPipeline(SavesItsCode, FluxPromptEncoding, FluxPipeline):
     r"""Flux.1 (dev / schnell) with Long-CLIP-L: its pooled vector reads 248 tokens; A1111 weighting for T5.
 
     Same components, signature and features as [`FluxPipeline`]; only prompt encoding differs. Flux reads CLIP-L's
@@ -78,72 +66,4 @@ class LongCLIPFluxPipeline(SavesItsCode, FluxPipeline):
             image_encoder=image_encoder,
             feature_extractor=feature_extractor,
         )
-        self.register_to_config(prompt_weighting=prompt_weighting)
-        self._check_text_components()
-
-    def _check_text_components(self) -> None:
-        if self.text_encoder is not None:
-            require_pooler_output(self.text_encoder, "text_encoder")
-            if self.tokenizer is not None:
-                check_pair(self.tokenizer, self.text_encoder.config, "text_encoder/tokenizer")
-
-    def encode_prompt(
-        self,
-        prompt: str | list[str],
-        prompt_2: str | list[str] | None = None,
-        device: torch.device | None = None,
-        num_images_per_prompt: int = 1,
-        prompt_embeds: torch.FloatTensor | None = None,
-        pooled_prompt_embeds: torch.FloatTensor | None = None,
-        max_sequence_length: int = 512,
-        lora_scale: float | None = None,
-    ):
-        r"""Encode prompts into Flux conditioning (T5 states, CLIP-L pooled vector, text ids); arguments as in the
-        stock pipeline."""
-        device = device or self._execution_device
-
-        # 1. Validate before any compute
-        if prompt_embeds is None:
-            prompts = as_prompt_list(prompt)
-            prompts_2 = paired_prompt_list(prompt_2, prompts, "prompt_2")
-            self._check_text_components()
-        else:
-            require_pooled(pooled_prompt_embeds, "prompt_embeds", "pooled_prompt_embeds")
-
-        # 2. LoRA scale on both text encoders, as the stock pipeline applies it
-        text_encoders = [te for te in (self.text_encoder, self.text_encoder_2) if te is not None]
-        if lora_scale is not None and isinstance(self, FluxLoraLoaderMixin):
-            self._lora_scale = lora_scale
-            if USE_PEFT_BACKEND:
-                for text_encoder in text_encoders:
-                    scale_lora_layers(text_encoder, lora_scale)
-
-        # 3. Encode
-        if prompt_embeds is None:
-            if isinstance(self, TextualInversionLoaderMixin):  # multi-vector textual-inversion tokens
-                if has_added_tokens(self.tokenizer):
-                    prompts = self.maybe_convert_prompt(prompts, self.tokenizer)
-                if has_added_tokens(self.tokenizer_2):
-                    prompts_2 = self.maybe_convert_prompt(prompts_2, self.tokenizer_2)
-            prompt_embeds, pooled_prompt_embeds = encode_flux_prompts(
-                prompts,
-                self.text_encoder,
-                self.tokenizer,
-                self.text_encoder_2,
-                self.tokenizer_2,
-                prompts_2=prompts_2,
-                max_sequence_length=max_sequence_length,
-                weighting=self.config.prompt_weighting,
-                device=device,
-            )
-
-        # 4. Device and one copy per image, as the stock pipeline does
-        prompt_embeds = repeat_per_image(prompt_embeds.to(device), num_images_per_prompt)
-        pooled_prompt_embeds = repeat_per_image(pooled_prompt_embeds.to(device), num_images_per_prompt)
-
-        if isinstance(self, FluxLoraLoaderMixin) and USE_PEFT_BACKEND:
-            for text_encoder in text_encoders:
-                unscale_lora_layers(text_encoder, lora_scale)
-        dtype = self.text_encoder.dtype if self.text_encoder is not None else self.transformer.dtype
-        text_ids = torch.zeros(prompt_embeds.shape[1], 3).to(device=device, dtype=dtype)
-        return prompt_embeds, pooled_prompt_embeds, text_ids
+        self._register_long_prompt_config(prompt_weighting=prompt_weighting)

@@ -200,9 +200,9 @@ def test_the_tiny_start_loads_every_base_and_leaves_no_temporary_folder(tiny_sta
         ("SD 1.5", "a cat", None, 0, 4, float("nan"), 64, 64, "Guidance must be a number between 0 and 30"),
         ("SD 1.5", "a cat", None, 0, 4, float("inf"), 64, 64, "Guidance must be a number"),
         ("SD 1.5", "a cat", None, 0, 4, None, 64, 64, "Guidance must be a number"),
-        ("../../etc", "a cat", None, 0, 4, 7.5, 64, 64, "Choose a base among SD 1.5, SDXL, SD 2.x, SD 3.5, Flux.1"),
+        ("../../etc", "a cat", None, 0, 4, 7.5, 64, 64, "Choose a base among SD 1.5, SDXL, SD 2.x, SD 3, Flux.1"),
         ("SD 1.5", "a (cat:13)", None, 0, 4, 7.5, 64, 64, "In the prompt: (cat:13): weight 13 is outside the range 0"),
-        ("SD 3.5", "a cat", "(blurry:-1)", 0, 4, 7.5, 64, 64, "In the negative prompt: (blurry:-1): weight -1 is"),
+        ("SD 3", "a cat", "(blurry:-1)", 0, 4, 7.5, 64, 64, "In the negative prompt: (blurry:-1): weight -1 is"),
         ("Flux.1", "a ((cat:4):4)", None, 0, 4, 7.5, 64, 64, "In the prompt: 'cat' gets weight 16 from nested"),
         # what one request may cost: 3,996 characters of BREAK made 666 windows, 337 s a step on the tiny SD 3.5
         ("SD 3.5", "BREAK " * 666, None, 0, 4, 7.5, 64, 64, "The prompt makes 666 windows of 246 tokens for Long-CLIP"
@@ -249,7 +249,7 @@ def test_a_request_returns_both_images_and_the_coverage(tiny_models, base):
     assert pair is tiny_models.pair(base) and pair.family.name == BASES[base].family  # loaded once
     denoiser = "unet" if hasattr(pair.stock, "unet") else "transformer"
     assert getattr(pair.long, denoiser) is getattr(pair.stock, denoiser)
-    assert ("T5 (in both pipelines) reads all" in summary) == (base in ("SD 3.5", "Flux.1"))
+    assert ("T5 (in both pipelines) reads all" in summary) == (base in ("SD 3", "Flux.1"))
     assert ("Flux.1 reads no negative prompt" in summary) == (base == "Flux.1")
     assert ("Flux reads CLIP-L's pooled vector" in summary) == (base == "Flux.1")
 
@@ -264,9 +264,9 @@ def test_flux_generates_without_the_negative_prompt_it_does_not_read(tiny_models
 def test_sources_follow_flags_then_environment_then_the_hub(monkeypatch, tmp_path):
     monkeypatch.setenv("LONGCLIP_SD3", "my/sd3")
     monkeypatch.delenv("LONGCLIP_SD2_ENCODER", raising=False)
-    sources = Sources.from_settings({"SDXL": "my/sdxl", "SD 3.5": None}, encoder="my/long-clip")
-    assert sources.bases == ["SD 1.5", "SDXL", "SD 3.5", "Flux.1"]  # SD 2.x needs a long OpenCLIP-H of its own
-    assert sources.pipelines["SDXL"] == "my/sdxl" and sources.pipelines["SD 3.5"] == "my/sd3"
+    sources = Sources.from_settings({"SDXL": "my/sdxl", "SD 3": None}, encoder="my/long-clip")
+    assert sources.bases == ["SD 1.5", "SDXL", "SD 3", "Flux.1"]  # SD 2.x needs a long OpenCLIP-H of its own
+    assert sources.pipelines["SDXL"] == "my/sdxl" and sources.pipelines["SD 3"] == "my/sd3"
     assert sources.pipelines["Flux.1"] == BASES["Flux.1"].default and sources.encoders["Flux.1"] == "my/long-clip"
     monkeypatch.setenv("LONGCLIP_SD2_ENCODER", "my/long-h")
     sources = Sources.from_settings({})
@@ -297,15 +297,14 @@ def test_only_bases_whose_pipeline_loads_are_offered(tiny_components, tmp_path, 
     pipelines = {
         "SD 1.5": str(tiny_components / "sd15"),
         "SDXL": str(tmp_path / "empty"),  # no model_index.json
-        "SD 3.5": str(tiny_components / "flux"),  # another family
+        "SD 3": str(tiny_components / "flux"),  # another family
         "Flux.1": str(tiny_components / "flux"),
     }
     encoders = dict.fromkeys(pipelines, str(tiny_components / "longclip-sd15"))
     offered = Sources(pipelines, encoders).loadable()
     assert offered.bases == ["SD 1.5", "Flux.1"]
     assert (
-        "Leaving SDXL out" in caplog.text
-        and f"Leaving SD 3.5 out: {tiny_components / 'flux'} is a Flux.1" in caplog.text
+        "Leaving SDXL out" in caplog.text and f"Leaving SD 3 out: {tiny_components / 'flux'} is a Flux.1" in caplog.text
     )
 
 

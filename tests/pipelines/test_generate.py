@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from long_prompts import HEAD, PAST_248, TAIL_A
+from helpers.pipelines import HEAD, PAST_248, TAIL_A
 from PIL import Image
 
 from longclip_diffusers.cli import main
@@ -28,7 +28,7 @@ def run(capsys, *args) -> tuple[int, str, str]:
 
 # What each tiny family's stock pipeline is, and the options it runs with here: FluxPipeline's default size is
 # fixed at 128 latent pixels a side (slow even at tiny widths) and Flux.1 reads no negative prompt.
-FAMILY_OF = {"sd15": "SD 1.x/2.x", "sd2": "SD 1.x/2.x", "sdxl": "SDXL", "sd3": "SD 3", "flux": "Flux.1"}
+FAMILY_OF = {"sd15": "SD 1.5", "sd2": "SD 2.x", "sdxl": "SDXL", "sd3": "SD 3", "flux": "Flux.1"}
 FAMILY_OPTIONS = {"flux": {"width": 64, "height": 64}}
 
 
@@ -260,7 +260,7 @@ def test_an_existing_out_is_kept_unless_overwrite_is_given(tiny_components, tmp_
 def test_width_and_height_together_set_the_size(tiny_components, tmp_path, capsys):
     args = sd15(tiny_components, "--prompt", "a cat", "--width", 16, "--height", 24, "--out", tmp_path / "x.png")
     code, out, _ = run(capsys, *args)
-    assert code == 0 and "with SD 1.x/2.x (prompt: 2 tokens)" in out
+    assert code == 0 and "with SD 1.5 (prompt: 2 tokens)" in out
     assert Image.open(tmp_path / "x.png").size == (16, 24)
 
 

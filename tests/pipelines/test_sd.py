@@ -1,28 +1,22 @@
 """LongCLIPStableDiffusionPipeline on the tiny SD 1.5 components: generations, equality with stock, features."""
 
-import json
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionPipeline
-from long_prompts import HEAD, PAST_248, TAIL_A, TAIL_B, generate, reload_in_fresh_process
+from helpers.pipelines import HEAD, PAST_248, TAIL_A, TAIL_B, generate
 
-from longclip_diffusers.pipelines import SD_PIPELINE_DIR, LongCLIPStableDiffusionPipeline
+from longclip_diffusers.pipelines import LongCLIPStableDiffusionPipeline
 from longclip_diffusers.tiny import tiny_clip_tokenizer
 
 
-@pytest.fixture(scope="module")
-def stock(tiny_components):
-    return StableDiffusionPipeline.from_pretrained(tiny_components / "sd15")
+@pytest.fixture
+def stock(stock_pipeline):
+    return stock_pipeline("sd15")
 
 
-@pytest.fixture(scope="module")
-def pipe(stock, long_parts):
-    text_encoder, tokenizer = long_parts("sd15")
-    return LongCLIPStableDiffusionPipeline.from_pipe(stock, text_encoder=text_encoder, tokenizer=tokenizer)
+@pytest.fixture
+def pipe(long_pipeline):
+    return long_pipeline("sd15")
 
 
 def encode(pipe, prompt, negative="blurry", **kwargs):
@@ -32,17 +26,6 @@ def encode(pipe, prompt, negative="blurry", **kwargs):
 def test_generates_an_image_from_a_long_prompt(pipe):
     images = generate(pipe, HEAD + TAIL_A, negative_prompt="blurry, low quality")
     assert images.shape == (1, 64, 64, 3) and np.isfinite(images).all()
-
-
-@pytest.mark.parametrize("family", ["sd15", "sd2"])  # SD 2.x: an OpenCLIP-H padding with "!", v-prediction
-def test_with_stock_encoders_and_short_prompts_nothing_changes(tiny_components, family):
-    stock = StableDiffusionPipeline.from_pretrained(tiny_components / family)
-    ours = LongCLIPStableDiffusionPipeline.from_pipe(stock)
-    prompts, negatives = ["a lighthouse at dusk", "a red boat"], ["blurry", "dark, low quality"]
-    expected = stock.encode_prompt(prompts, "cpu", 2, True, negative_prompt=negatives)
-    actual = ours.encode_prompt(prompts, "cpu", 2, True, negative_prompt=negatives)
-    assert all(torch.equal(e, a) for e, a in zip(expected, actual, strict=True))
-    assert np.array_equal(generate(stock, "a lighthouse at dusk"), generate(ours, "a lighthouse at dusk"))
 
 
 def test_the_tail_past_77_and_past_248_changes_conditioning_and_image(pipe):
@@ -84,61 +67,6 @@ def test_batches_images_per_prompt_and_given_embeds(pipe):
     assert np.array_equal(from_text, from_embeds)
     given = pipe.encode_prompt(None, "cpu", 1, True, prompt_embeds=embeds[::2], negative_prompt="blurry")
     assert torch.equal(given[1], negative[::2])  # the negative is encoded to the given embeds' length
-
-
-def test_save_and_load_round_trip(pipe, tmp_path):
-    pipe.register_to_config(max_prompt_windows=3)
-    try:
-        pipe.save_pretrained(tmp_path / "pipe")
-    finally:
-        pipe.register_to_config(max_prompt_windows=None)
-    index = json.loads((tmp_path / "pipe/model_index.json").read_text())
-    assert index["_class_name"] == ["pipeline_longclip_sd", "LongCLIPStableDiffusionPipeline"]
-    assert index["max_prompt_windows"] == 3
-    reloaded = LongCLIPStableDiffusionPipeline.from_pretrained(tmp_path / "pipe")  # the installed class, no saved code
-    assert type(reloaded) is LongCLIPStableDiffusionPipeline
-    assert reloaded.config.max_prompt_windows == 3 and reloaded.config.prompt_weighting
-    assert torch.equal(encode(reloaded, HEAD + TAIL_A)[0], encode(pipe, HEAD + TAIL_A)[0])
-
-
-def test_a_saved_pipeline_reloads_with_plain_diffusers_in_a_fresh_process(pipe, tmp_path):
-    pipe.save_pretrained(tmp_path / "pipe")
-    saved_code = (tmp_path / "pipe/pipeline_longclip_sd.py").read_text()
-    assert saved_code == Path(sys.modules[LongCLIPStableDiffusionPipeline.__module__].__file__).read_text()
-    reloaded = reload_in_fresh_process(tmp_path / "pipe", HEAD + TAIL_A, tmp_path)
-    assert reloaded["class"] == "diffusers_modules.local.pipeline_longclip_sd.LongCLIPStableDiffusionPipeline"
-    assert reloaded["config"]["tokenizer"] == ("longclip_diffusers.tokenizer", "LongCLIPTokenizer")
-    expected = encode(pipe, HEAD + TAIL_A)
-    assert expected[0].shape == (1, 248, 32)
-    assert all(torch.equal(e, r) for e, r in zip(expected, reloaded["embeds"], strict=True))
-    assert np.array_equal(reloaded["image"].numpy(), generate(pipe, HEAD + TAIL_A))
-
-
-def test_a_saved_pipeline_without_trust_remote_code_says_what_to_pass(pipe, tmp_path):
-    pipe.save_pretrained(tmp_path / "pipe")
-    with pytest.raises(ValueError, match="(?s)custom code in pipeline_longclip_sd.py .*Pass `trust_remote_code=True`"):
-        DiffusionPipeline.from_pretrained(tmp_path / "pipe")
-
-
-def test_save_pretrained_refuses_push_to_hub_before_writing(pipe, tmp_path):
-    with pytest.raises(ValueError, match="push_to_hub is not supported here: save_pretrained\\(folder\\), then upload"):
-        pipe.save_pretrained(tmp_path / "pipe", push_to_hub=True)
-    assert not (tmp_path / "pipe").exists()
-
-
-def test_loads_as_a_diffusers_custom_pipeline(tiny_components, pipe, monkeypatch):
-    # diffusers imports every local custom pipeline as `diffusers_modules.local.pipeline`; a second, different
-    # one in the same process would land in the first one's module (a diffusers limitation, not ours).
-    monkeypatch.delitem(sys.modules, "diffusers_modules.local.pipeline", raising=False)
-    loaded = DiffusionPipeline.from_pretrained(
-        tiny_components / "sd15",
-        custom_pipeline=str(SD_PIPELINE_DIR),
-        trust_remote_code=True,  # our own pipeline file, loaded the way diffusers loads community pipelines
-        text_encoder=pipe.text_encoder,
-        tokenizer=pipe.tokenizer,
-    )
-    assert type(loaded).__name__ == "LongCLIPStableDiffusionPipeline"
-    assert torch.equal(encode(loaded, HEAD + TAIL_A)[0], encode(pipe, HEAD + TAIL_A)[0])
 
 
 def test_prompt_weighting_can_be_switched_off(pipe):

@@ -9,8 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
-from long_prompts import HEAD, PAST_248, TAIL_A, TAIL_B, generate
+from helpers.pipelines import HEAD, PAST_248, TAIL_A, TAIL_B, generate
 from transformers import CLIPTextModel
 
 from longclip_diffusers import LongCLIPTextEncoder, LongCLIPTokenizer
@@ -19,9 +18,9 @@ from longclip_diffusers.pipelines import LongCLIPStableDiffusionPipeline
 from longclip_diffusers.prompts import final_layer_norm
 
 
-@pytest.fixture(scope="module")
-def stock(tiny_components):
-    return StableDiffusionPipeline.from_pretrained(tiny_components / "sd2")
+@pytest.fixture
+def stock(stock_pipeline):
+    return stock_pipeline("sd2")
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +32,11 @@ def long_h(tiny_components, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def pipe(stock, long_h):
+def pipe(stock_pipeline, long_h):
     text_encoder, tokenizer = long_h
-    return LongCLIPStableDiffusionPipeline.from_pipe(stock, text_encoder=text_encoder, tokenizer=tokenizer)
+    return LongCLIPStableDiffusionPipeline.from_pipe(
+        stock_pipeline("sd2"), text_encoder=text_encoder, tokenizer=tokenizer
+    )
 
 
 def encode(pipe, prompt, negative="blurry", **kwargs):

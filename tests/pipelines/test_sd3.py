@@ -4,32 +4,29 @@ The stock pipeline's `encode_prompt` runs under `torch.no_grad()` inside `__call
 last bits with autograd on, so parity is checked as the pipelines call it, without grad.
 """
 
-import json
 import logging
-import sys
 
 import numpy as np
 import pytest
 import torch
-from diffusers import DiffusionPipeline, StableDiffusion3Pipeline
-from long_prompts import HEAD, PAST_248, TAIL_A, TAIL_B, generate, reload_in_fresh_process
+from diffusers import StableDiffusion3Pipeline
+from helpers.pipelines import HEAD, PAST_248, TAIL_A, TAIL_B, generate
 
-from longclip_diffusers.pipelines import SD3_PIPELINE_DIR, LongCLIPStableDiffusion3Pipeline
+from longclip_diffusers.pipelines import LongCLIPStableDiffusion3Pipeline
 from longclip_diffusers.tiny import tiny_clip_tokenizer
 
 CLIP_L, CLIP_G, PADDING = slice(0, 32), slice(32, 64), slice(64, 80)  # feature columns of the CLIP rows
 T5_ROWS = 256  # max_sequence_length's default
 
 
-@pytest.fixture(scope="module")
-def stock(tiny_components):
-    return StableDiffusion3Pipeline.from_pretrained(tiny_components / "sd3")
+@pytest.fixture
+def stock(stock_pipeline):
+    return stock_pipeline("sd3")
 
 
-@pytest.fixture(scope="module")
-def pipe(stock, long_parts):
-    text_encoder, tokenizer = long_parts("sd3")
-    return LongCLIPStableDiffusion3Pipeline.from_pipe(stock, text_encoder=text_encoder, tokenizer=tokenizer)
+@pytest.fixture
+def pipe(long_pipeline):
+    return long_pipeline("sd3")
 
 
 @torch.no_grad()
@@ -51,36 +48,6 @@ def a1111_emphasis(states, weights):
 def test_generates_an_image_from_a_long_prompt(pipe):
     images = generate(pipe, HEAD + PAST_248 + TAIL_A, negative_prompt="blurry, low quality")
     assert images.shape == (1, 64, 64, 3) and np.isfinite(images).all()
-
-
-@torch.no_grad()
-def test_with_stock_encoders_and_short_prompts_nothing_changes(stock):
-    ours = LongCLIPStableDiffusion3Pipeline.from_pipe(stock)
-    prompts = ["a lighthouse at dusk", "a red boat"]
-    for kwargs in (
-        {"negative_prompt": ["blurry", "dark"]},
-        {},  # no negative prompt: the empty prompt
-        {
-            "prompt_2": ["an oil painting", "a photo"],
-            "prompt_3": ["a lighthouse, seen from the sea", "a boat in a harbour"],
-            "negative_prompt": "blurry",
-            "negative_prompt_2": "dark",
-            "negative_prompt_3": "noise",
-        },
-    ):
-        kwargs = {"prompt_2": None, "prompt_3": None, "device": "cpu", "num_images_per_prompt": 2, **kwargs}
-        expected, actual = stock.encode_prompt(prompts, **kwargs), ours.encode_prompt(prompts, **kwargs)
-        assert all(torch.equal(e, a) for e, a in zip(expected, actual, strict=True)), kwargs
-    # clip_skip: the stock pipeline applies it to the prompt only; we apply it to both, so compare the prompt side.
-    expected = stock.encode_prompt(prompts, None, None, device="cpu", negative_prompt="blurry", clip_skip=1)
-    actual = ours.encode_prompt(prompts, device="cpu", negative_prompt="blurry", clip_skip=1)
-    assert torch.equal(expected[0], actual[0]) and torch.equal(expected[2], actual[2])
-    # without T5 (SD 3 runs without it): zeros in its place
-    no_t5 = {"text_encoder_3": None, "tokenizer_3": None}
-    expected = StableDiffusion3Pipeline.from_pipe(stock, **no_t5).encode_prompt(prompts, None, None, device="cpu")
-    actual = LongCLIPStableDiffusion3Pipeline.from_pipe(stock, **no_t5).encode_prompt(prompts, device="cpu")
-    assert all(torch.equal(e, a) for e, a in zip(expected, actual, strict=True))
-    assert np.array_equal(generate(stock, "a lighthouse at dusk"), generate(ours, "a lighthouse at dusk"))
 
 
 @pytest.mark.parametrize("strategy", ["chunk", "stretch"])
@@ -184,42 +151,6 @@ def test_images_per_prompt_and_given_embeds(pipe):
     _, encoded_negative, _, encoded_negative_pooled = encode(pipe, None, **given)
     assert torch.equal(encoded_negative, negative[::2]) and torch.equal(encoded_negative_pooled, negative_pooled[::2])
     assert generate(pipe, None, **given, negative_prompt="blurry", num_images_per_prompt=2).shape == (4, 64, 64, 3)
-
-
-def test_save_load_and_custom_pipeline(pipe, tmp_path, tiny_components, monkeypatch):
-    # diffusers imports every local custom pipeline as `diffusers_modules.local.pipeline`; a second, different
-    # one in the same process would land in the first one's module (a diffusers limitation, not ours).
-    monkeypatch.delitem(sys.modules, "diffusers_modules.local.pipeline", raising=False)
-    ours = LongCLIPStableDiffusion3Pipeline.from_pipe(pipe, long_prompt_strategy="stretch")
-    ours.save_pretrained(tmp_path / "pipe")
-    index = json.loads((tmp_path / "pipe/model_index.json").read_text())
-    assert index["_class_name"] == ["pipeline_longclip_sd3", "LongCLIPStableDiffusion3Pipeline"]
-    assert index["long_prompt_strategy"] == "stretch"
-    reloaded = LongCLIPStableDiffusion3Pipeline.from_pretrained(tmp_path / "pipe")
-    assert type(reloaded) is LongCLIPStableDiffusion3Pipeline  # the installed class, no saved code
-    assert torch.equal(encode(reloaded, HEAD + TAIL_A)[0], encode(ours, HEAD + TAIL_A)[0])
-
-    custom = DiffusionPipeline.from_pretrained(
-        tiny_components / "sd3",
-        custom_pipeline=str(SD3_PIPELINE_DIR),
-        trust_remote_code=True,  # our own pipeline file, loaded the way diffusers loads community pipelines
-        text_encoder=pipe.text_encoder,
-        tokenizer=pipe.tokenizer,
-    )
-    assert type(custom).__name__ == "LongCLIPStableDiffusion3Pipeline"
-    assert torch.equal(encode(custom, HEAD + TAIL_A)[0], encode(pipe, HEAD + TAIL_A)[0])
-
-
-def test_a_saved_pipeline_reloads_with_plain_diffusers_in_a_fresh_process(pipe, tmp_path):
-    ours = LongCLIPStableDiffusion3Pipeline.from_pipe(pipe, long_prompt_strategy="stretch")
-    ours.save_pretrained(tmp_path / "pipe")
-    reloaded = reload_in_fresh_process(tmp_path / "pipe", HEAD + PAST_248 + TAIL_A, tmp_path)
-    assert reloaded["class"] == "diffusers_modules.local.pipeline_longclip_sd3.LongCLIPStableDiffusion3Pipeline"
-    assert reloaded["config"]["long_prompt_strategy"] == "stretch"
-    expected = encode(ours, HEAD + PAST_248 + TAIL_A)
-    assert expected[0].shape == (1, 2 * 248 + T5_ROWS, 80)
-    assert all(torch.equal(e, r) for e, r in zip(expected, reloaded["embeds"], strict=True))
-    assert np.array_equal(reloaded["image"].numpy(), generate(ours, HEAD + PAST_248 + TAIL_A))
 
 
 def test_the_stock_pipeline_cannot_read_long_clip_l(stock, pipe):

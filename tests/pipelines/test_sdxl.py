@@ -1,50 +1,26 @@
 """LongCLIPStableDiffusionXLPipeline on the tiny SDXL components: both bigG strategies, equality with stock."""
 
-import json
-import sys
-
 import numpy as np
 import pytest
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
-from long_prompts import HEAD, PAST_248, TAIL_A, TAIL_B, generate, reload_in_fresh_process
+from helpers.pipelines import HEAD, PAST_248, TAIL_A, TAIL_B, generate
 
 from longclip_diffusers import LongCLIPTextEncoder, LongCLIPTokenizer, convert
-from longclip_diffusers.pipelines import SDXL_PIPELINE_DIR, LongCLIPStableDiffusionXLPipeline
+from longclip_diffusers.pipelines import LongCLIPStableDiffusionXLPipeline
 
 
-@pytest.fixture(scope="module")
-def stock(tiny_components):
-    return StableDiffusionXLPipeline.from_pretrained(tiny_components / "sdxl")
+@pytest.fixture
+def stock(stock_pipeline):
+    return stock_pipeline("sdxl")
 
 
-@pytest.fixture(scope="module")
-def pipe(stock, long_parts):
-    text_encoder, tokenizer = long_parts("sdxl")
-    return LongCLIPStableDiffusionXLPipeline.from_pipe(stock, text_encoder=text_encoder, tokenizer=tokenizer)
+@pytest.fixture
+def pipe(long_pipeline):
+    return long_pipeline("sdxl")
 
 
 def encode(pipe, prompt, negative="blurry", **kwargs):
     return pipe.encode_prompt(prompt, device="cpu", negative_prompt=negative, **kwargs)
-
-
-def test_with_stock_encoders_and_short_prompts_nothing_changes(stock):
-    ours = LongCLIPStableDiffusionXLPipeline.from_pipe(stock)
-    prompts = ["a lighthouse at dusk", "a red boat"]
-    for kwargs in (
-        {"negative_prompt": ["blurry", "dark"]},
-        {},  # no negative prompt: SDXL's zeros
-        {"negative_prompt": "blurry", "prompt_2": ["an oil painting", "a photo"], "negative_prompt_2": "dark"},
-    ):
-        expected = stock.encode_prompt(prompts, device="cpu", num_images_per_prompt=2, **kwargs)
-        actual = ours.encode_prompt(prompts, device="cpu", num_images_per_prompt=2, **kwargs)
-        assert all(torch.equal(e, a) for e, a in zip(expected, actual, strict=True)), kwargs
-    # clip_skip: the stock pipeline applies it to the prompt only (its negative reads layer -2 regardless);
-    # we apply it to both, so compare the prompt side.
-    expected = stock.encode_prompt(prompts, device="cpu", negative_prompt="blurry", clip_skip=1)
-    actual = ours.encode_prompt(prompts, device="cpu", negative_prompt="blurry", clip_skip=1)
-    assert torch.equal(expected[0], actual[0]) and torch.equal(expected[2], actual[2])
-    assert np.array_equal(generate(stock, "a lighthouse at dusk"), generate(ours, "a lighthouse at dusk"))
 
 
 @pytest.mark.parametrize("strategy", ["chunk", "stretch"])
@@ -105,43 +81,6 @@ def test_weighting_applies_to_both_halves(pipe):
     for half in (slice(0, 32), slice(32, 64)):
         ratio = weighted[0, :, half].norm(dim=-1) / plain[0, :, half].norm(dim=-1)
         assert ratio.argmax() == 2 and ratio[2] > 1.3  # BOS, "a", "red"
-
-
-def test_save_load_and_custom_pipeline(pipe, tmp_path, tiny_components, monkeypatch):
-    # diffusers imports every local custom pipeline as `diffusers_modules.local.pipeline`; a second, different
-    # one in the same process would land in the first one's module (a diffusers limitation, not ours).
-    monkeypatch.delitem(sys.modules, "diffusers_modules.local.pipeline", raising=False)
-    ours = LongCLIPStableDiffusionXLPipeline.from_pipe(pipe, long_prompt_strategy="stretch")
-    ours.save_pretrained(tmp_path / "pipe")
-    index = json.loads((tmp_path / "pipe/model_index.json").read_text())
-    assert index["long_prompt_strategy"] == "stretch"
-    assert index["_class_name"] == ["pipeline_longclip_sdxl", "LongCLIPStableDiffusionXLPipeline"]
-    reloaded = LongCLIPStableDiffusionXLPipeline.from_pretrained(tmp_path / "pipe")
-    assert type(reloaded) is LongCLIPStableDiffusionXLPipeline  # the installed class, no saved code
-    assert reloaded.config.long_prompt_strategy == "stretch"
-    assert torch.equal(encode(reloaded, HEAD + TAIL_A)[0], encode(ours, HEAD + TAIL_A)[0])
-
-    custom = DiffusionPipeline.from_pretrained(
-        tiny_components / "sdxl",
-        custom_pipeline=str(SDXL_PIPELINE_DIR),
-        trust_remote_code=True,  # our own pipeline file, loaded the way diffusers loads community pipelines
-        text_encoder=pipe.text_encoder,
-        tokenizer=pipe.tokenizer,
-    )
-    assert type(custom).__name__ == "LongCLIPStableDiffusionXLPipeline"
-    assert torch.equal(encode(custom, HEAD + TAIL_A)[0], encode(pipe, HEAD + TAIL_A)[0])
-
-
-def test_a_saved_pipeline_reloads_with_plain_diffusers_in_a_fresh_process(pipe, tmp_path):
-    ours = LongCLIPStableDiffusionXLPipeline.from_pipe(pipe, long_prompt_strategy="stretch")
-    ours.save_pretrained(tmp_path / "pipe")
-    reloaded = reload_in_fresh_process(tmp_path / "pipe", HEAD + PAST_248 + TAIL_A, tmp_path)
-    assert reloaded["class"] == "diffusers_modules.local.pipeline_longclip_sdxl.LongCLIPStableDiffusionXLPipeline"
-    assert reloaded["config"]["long_prompt_strategy"] == "stretch"
-    expected = encode(ours, HEAD + PAST_248 + TAIL_A)
-    assert expected[0].shape == (1, 2 * 248, 64)
-    assert all(torch.equal(e, r) for e, r in zip(expected, reloaded["embeds"], strict=True))
-    assert np.array_equal(reloaded["image"].numpy(), generate(ours, HEAD + PAST_248 + TAIL_A))
 
 
 def test_unknown_strategy_is_refused(stock):

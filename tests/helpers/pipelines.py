@@ -29,7 +29,7 @@ def generate(pipe, prompt, **kwargs):
     return pipe(prompt, num_inference_steps=2, generator=generator, output_type="np", **kwargs).images
 
 
-# Run in a fresh interpreter: plain diffusers, nothing of ours imported, loads a saved folder back.
+# Run in a fresh interpreter: plain diffusers, nothing of ours imported, loads saved folders back.
 _RELOAD = """
 import json
 import sys
@@ -37,27 +37,29 @@ import sys
 import torch
 from diffusers import DiffusionPipeline
 
-folder, prompt, out, encode_kwargs, call_kwargs = sys.argv[1:]
+jobs, out = json.loads(sys.argv[1]), sys.argv[2]
 assert not any(name.startswith("longclip_diffusers") for name in sys.modules)
-pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
-with torch.no_grad():  # as the pipeline calls it
-    embeds = pipe.encode_prompt(prompt=prompt, device="cpu", num_images_per_prompt=1, **json.loads(encode_kwargs))
-pipe.set_progress_bar_config(disable=True)
-generator = torch.Generator().manual_seed(0)
-image = pipe(prompt, num_inference_steps=2, generator=generator, output_type="np", **json.loads(call_kwargs)).images
-torch.save({"class": type(pipe).__module__ + "." + type(pipe).__name__, "embeds": list(embeds),
-            "image": torch.from_numpy(image), "config": dict(pipe.config)}, out)
+results = []
+for job in jobs:
+    pipe = DiffusionPipeline.from_pretrained(job["folder"], trust_remote_code=True)
+    with torch.no_grad():  # as the pipeline calls it
+        embeds = pipe.encode_prompt(prompt=job["prompt"], device="cpu", num_images_per_prompt=1, **job["encode"])
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(0)
+    image = pipe(job["prompt"], num_inference_steps=2, generator=generator, output_type="np", **job["call"]).images
+    results.append({"class": type(pipe).__module__ + "." + type(pipe).__name__, "embeds": list(embeds),
+                    "image": torch.from_numpy(image), "config": dict(pipe.config)})
+torch.save(results, out)
 """
 
 
 CFG_ENCODE_KWARGS = {"do_classifier_free_guidance": True, "negative_prompt": "blurry"}
 
 
-def reload_in_fresh_process(
-    folder, prompt: str, tmp_path, encode_kwargs: dict = CFG_ENCODE_KWARGS, call_kwargs: dict | None = None
-) -> dict:
-    """What `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` gives in a fresh interpreter:
-    its class, `encode_prompt(prompt, **encode_kwargs)` and `generate(pipe, prompt, **call_kwargs)`."""
+def reload_in_fresh_process(jobs: list[dict], tmp_path) -> list[dict]:
+    """What `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` gives in one fresh interpreter, for
+    each job `{"folder", "prompt", "encode": encode_prompt kwargs, "call": pipeline call kwargs}`: its class,
+    `encode_prompt(prompt, **encode)`, the image of `generate(pipe, prompt, **call)` and its config."""
     import json
     import os
     import subprocess
@@ -67,8 +69,8 @@ def reload_in_fresh_process(
 
     out = tmp_path / "reloaded.pt"
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    kwargs = [json.dumps(encode_kwargs), json.dumps(call_kwargs or {})]
-    command = [sys.executable, "-c", _RELOAD, str(folder), prompt, str(out), *kwargs]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    jobs = [{**job, "folder": str(job["folder"])} for job in jobs]
+    command = [sys.executable, "-c", _RELOAD, json.dumps(jobs), str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return torch.load(out, weights_only=True)

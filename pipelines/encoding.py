@@ -1,0 +1,430 @@
+"""Long-prompt `encode_prompt` for each family, shared by every Long-CLIP pipeline of that family.
+
+A Long-CLIP pipeline is a stock diffusers pipeline with one of these mixins before it in its bases: the mixin
+replaces `encode_prompt` (windows, weighting, `BREAK`, negative padding, clip_skip, LoRA scale, textual inversion
+and the bigG strategies, from `longclip_diffusers.prompts`) and checks the text components as the family table
+describes them. Everything else is the stock pipeline's.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.loaders import (
+    FluxLoraLoaderMixin,
+    SD3LoraLoaderMixin,
+    StableDiffusionLoraLoaderMixin,
+    StableDiffusionXLLoraLoaderMixin,
+    TextualInversionLoaderMixin,
+)
+from diffusers.models.lora import adjust_lora_scale_text_encoder
+from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_layers
+
+from longclip_diffusers.families import FAMILIES, Family
+from longclip_diffusers.prompts import (
+    PromptOptions,
+    TextEncoderSpec,
+    check_max_windows,
+    check_projection,
+    check_strategy,
+    encode_flux_prompts,
+    encode_prompts,
+    encode_sd3_prompts,
+    text_encoder_specs,
+)
+from longclip_diffusers.tokenizer import check_pair
+
+from .arguments import (
+    as_prompt_list,
+    has_added_tokens,
+    negative_prompt_list,
+    paired_prompt_list,
+    repeat_per_image,
+    require_pooled,
+    windows_in,
+)
+
+
+class LongPromptEncoding:
+    """What every Long-CLIP pipeline shares: its family, its long-prompt settings and the text-component checks."""
+
+    family: Family
+
+    def _register_long_prompt_config(self, **settings) -> None:
+        """Check and record `long_prompt_strategy`, `prompt_weighting`, `max_prompt_windows` (those given)."""
+        if "long_prompt_strategy" in settings:
+            check_strategy(settings["long_prompt_strategy"], "long_prompt_strategy")
+        if "max_prompt_windows" in settings:
+            check_max_windows(settings["max_prompt_windows"], "max_prompt_windows")
+        self.register_to_config(**settings)
+        self._check_text_components()
+
+    def _check_text_components(self) -> None:
+        for role in self.family.clip_encoders:
+            text_encoder, tokenizer = getattr(self, role.component, None), getattr(self, role.tokenizer, None)
+            if text_encoder is not None:
+                check_projection(self.family, role, text_encoder)
+                if tokenizer is not None:
+                    check_pair(tokenizer, text_encoder.config, f"{role.component}/{role.tokenizer}")
+
+    def _text_specs(self, clip_skip: int | None) -> list[TextEncoderSpec]:
+        """The family's CLIP encoders as it reads them (its layer, `clip_skip` layers earlier)."""
+        roles = self.family.clip_encoders
+        pairs = [(getattr(self, role.component, None), getattr(self, role.tokenizer, None)) for role in roles]
+        return text_encoder_specs(self.family, pairs, clip_skip)
+
+    def _prompt_options(self, device, split_at: int | None = None, min_windows: int = 1) -> PromptOptions:
+        config = self.config
+        return PromptOptions(
+            strategy=config.long_prompt_strategy if self.family.big_g_strategies else "chunk",
+            weighting=config.prompt_weighting,
+            max_windows=getattr(config, "max_prompt_windows", None),
+            min_windows=min_windows,
+            split_at=split_at,
+            device=device,
+        )
+
+
+class StableDiffusionPromptEncoding(LongPromptEncoding):
+    """`encode_prompt` of SD 1.x/2.x pipelines."""
+
+    family = FAMILIES["sd15"]  # SD 2.x reads its OpenCLIP-H the same way
+
+    def encode_prompt(
+        self,
+        prompt,
+        device,
+        num_images_per_prompt,
+        do_classifier_free_guidance,
+        negative_prompt=None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        lora_scale: float | None = None,
+        clip_skip: int | None = None,
+    ):
+        r"""Encode prompts (of any length) into text-encoder hidden states; arguments as in the stock pipeline."""
+        # 1. Validate before any compute
+        if prompt_embeds is None:
+            prompts = as_prompt_list(prompt)
+            batch_size = len(prompts)
+        else:
+            batch_size = prompt_embeds.shape[0]
+        need_negative = do_classifier_free_guidance and negative_prompt_embeds is None
+        negatives = negative_prompt_list(negative_prompt, batch_size) if need_negative else []
+        texts = (prompts if prompt_embeds is None else []) + negatives
+        if texts:
+            self._check_text_components()
+
+        # 2. LoRA scale on the text encoder, as the stock pipeline applies it
+        if lora_scale is not None and isinstance(self, StableDiffusionLoraLoaderMixin):
+            self._lora_scale = lora_scale
+            if not USE_PEFT_BACKEND:
+                adjust_lora_scale_text_encoder(self.text_encoder, lora_scale)
+            else:
+                scale_lora_layers(self.text_encoder, lora_scale)
+
+        # 3. Encode positive and negative prompts together, so their window counts line up
+        if texts:
+            if isinstance(self, TextualInversionLoaderMixin) and has_added_tokens(self.tokenizer):
+                texts = self.maybe_convert_prompt(texts, self.tokenizer)  # multi-vector textual-inversion tokens
+            given = prompt_embeds if prompt_embeds is not None else negative_prompt_embeds
+            split_at = batch_size if prompt_embeds is None and need_negative else None
+            options = self._prompt_options(device, split_at, windows_in(given, self.tokenizer.model_max_length))
+            embeds, _ = encode_prompts(texts, self._text_specs(clip_skip), options)
+            if prompt_embeds is None:
+                prompt_embeds = embeds[:batch_size]
+            if need_negative:
+                negative_prompt_embeds = embeds[-batch_size:]
+        _check_same_length(prompt_embeds, negative_prompt_embeds if do_classifier_free_guidance else None)
+
+        # 4. Dtype, device and one copy per image, as the stock pipeline does
+        dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
+        prompt_embeds = repeat_per_image(prompt_embeds.to(dtype=dtype, device=device), num_images_per_prompt)
+        if do_classifier_free_guidance:
+            negative_prompt_embeds = repeat_per_image(
+                negative_prompt_embeds.to(dtype=dtype, device=device), num_images_per_prompt
+            )
+
+        if self.text_encoder is not None and isinstance(self, StableDiffusionLoraLoaderMixin) and USE_PEFT_BACKEND:
+            unscale_lora_layers(self.text_encoder, lora_scale)
+        return prompt_embeds, negative_prompt_embeds
+
+
+class StableDiffusionXLPromptEncoding(LongPromptEncoding):
+    """`encode_prompt` of SDXL pipelines (the refiner too: `text_encoder_2` alone)."""
+
+    family = FAMILIES["sdxl"]
+
+    def encode_prompt(
+        self,
+        prompt: str,
+        prompt_2: str | None = None,
+        device: torch.device | None = None,
+        num_images_per_prompt: int = 1,
+        do_classifier_free_guidance: bool = True,
+        negative_prompt: str | None = None,
+        negative_prompt_2: str | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        lora_scale: float | None = None,
+        clip_skip: int | None = None,
+    ):
+        r"""Encode prompts (of any length) into SDXL conditioning; arguments as in the stock pipeline."""
+        device = device or self._execution_device
+
+        # 1. Validate before any compute
+        if prompt_embeds is None:
+            prompts = as_prompt_list(prompt)
+            prompts_2 = as_prompt_list(prompt_2, "prompt_2") if prompt_2 is not None else prompts
+            if len(prompts_2) != len(prompts):
+                raise ValueError(f"`prompt_2` has {len(prompts_2)} prompts but `prompt` has {len(prompts)}.")
+            batch_size = len(prompts)
+        else:
+            prompts, prompts_2 = [], []
+            batch_size = prompt_embeds.shape[0]
+        zero_negative = negative_prompt is None and self.config.force_zeros_for_empty_prompt
+        need_negative = do_classifier_free_guidance and negative_prompt_embeds is None and not zero_negative
+        negatives, negatives_2 = [], []
+        if need_negative:
+            negatives = negative_prompt_list(negative_prompt, batch_size)
+            negatives_2 = negative_prompt_list(negative_prompt_2, batch_size, "negative_prompt_2")
+            if negative_prompt_2 is None:
+                negatives_2 = negatives
+        texts, texts_2 = prompts + negatives, prompts_2 + negatives_2
+        if texts:
+            self._check_text_components()
+
+        # 2. LoRA scale on both text encoders, as the stock pipeline applies it
+        text_encoders = [te for te in (self.text_encoder, self.text_encoder_2) if te is not None]
+        if lora_scale is not None and isinstance(self, StableDiffusionXLLoraLoaderMixin):
+            self._lora_scale = lora_scale
+            for text_encoder in text_encoders:
+                if not USE_PEFT_BACKEND:
+                    adjust_lora_scale_text_encoder(text_encoder, lora_scale)
+                else:
+                    scale_lora_layers(text_encoder, lora_scale)
+
+        # 3. Encode positive and negative prompts together, so their window counts line up
+        if texts:
+            specs = self._text_specs(clip_skip)
+            if isinstance(self, TextualInversionLoaderMixin):  # multi-vector textual-inversion tokens
+                if has_added_tokens(specs[0].tokenizer):
+                    texts = self.maybe_convert_prompt(texts, specs[0].tokenizer)
+                if has_added_tokens(specs[-1].tokenizer):
+                    texts_2 = self.maybe_convert_prompt(texts_2, specs[-1].tokenizer)
+            given = prompt_embeds if prompt_embeds is not None else negative_prompt_embeds
+            split_at = batch_size if prompt_embeds is None and need_negative else None
+            options = self._prompt_options(device, split_at, windows_in(given, specs[0].num_positions))
+            if len(specs) == 1:  # the refiner: bigG alone reads `prompt_2`
+                texts = texts_2
+            embeds, pooled = encode_prompts(texts, specs, options, texts_2 if texts_2 != texts else None)
+            if prompt_embeds is None:
+                prompt_embeds = embeds[:batch_size]
+                pooled_prompt_embeds = pooled[:batch_size] if pooled_prompt_embeds is None else pooled_prompt_embeds
+            if need_negative:
+                negative_prompt_embeds = embeds[-batch_size:]
+                if negative_pooled_prompt_embeds is None:
+                    negative_pooled_prompt_embeds = pooled[-batch_size:]
+        if do_classifier_free_guidance and negative_prompt_embeds is None:  # zero_negative
+            negative_prompt_embeds = torch.zeros_like(prompt_embeds)
+            negative_pooled_prompt_embeds = torch.zeros_like(pooled_prompt_embeds)
+        _check_same_length(prompt_embeds, negative_prompt_embeds if do_classifier_free_guidance else None)
+
+        # 4. Dtype, device and one copy per image, as the stock pipeline does
+        dtype = self.text_encoder_2.dtype if self.text_encoder_2 is not None else self.unet.dtype
+        prompt_embeds = repeat_per_image(prompt_embeds.to(dtype=dtype, device=device), num_images_per_prompt)
+        pooled_prompt_embeds = repeat_per_image(pooled_prompt_embeds.to(device=device), num_images_per_prompt)
+        if do_classifier_free_guidance:
+            negative_prompt_embeds = repeat_per_image(
+                negative_prompt_embeds.to(dtype=dtype, device=device), num_images_per_prompt
+            )
+            negative_pooled_prompt_embeds = repeat_per_image(
+                negative_pooled_prompt_embeds.to(device=device), num_images_per_prompt
+            )
+
+        if isinstance(self, StableDiffusionXLLoraLoaderMixin) and USE_PEFT_BACKEND:
+            for text_encoder in text_encoders:
+                unscale_lora_layers(text_encoder, lora_scale)
+        return prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds
+
+
+class StableDiffusion3PromptEncoding(LongPromptEncoding):
+    """`encode_prompt` of SD 3 / 3.5 pipelines."""
+
+    family = FAMILIES["sd3"]
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str],
+        prompt_2: str | list[str] | None = None,
+        prompt_3: str | list[str] | None = None,
+        device: torch.device | None = None,
+        num_images_per_prompt: int = 1,
+        do_classifier_free_guidance: bool = True,
+        negative_prompt: str | list[str] | None = None,
+        negative_prompt_2: str | list[str] | None = None,
+        negative_prompt_3: str | list[str] | None = None,
+        prompt_embeds: torch.FloatTensor | None = None,
+        negative_prompt_embeds: torch.FloatTensor | None = None,
+        pooled_prompt_embeds: torch.FloatTensor | None = None,
+        negative_pooled_prompt_embeds: torch.FloatTensor | None = None,
+        clip_skip: int | None = None,
+        max_sequence_length: int = 256,
+        lora_scale: float | None = None,
+    ):
+        r"""Encode prompts (of any length) into SD 3 conditioning; arguments as in the stock pipeline."""
+        device = device or self._execution_device
+
+        # 1. Validate before any compute
+        if prompt_embeds is None:
+            prompts = as_prompt_list(prompt)
+            prompts_2 = paired_prompt_list(prompt_2, prompts, "prompt_2")
+            prompts_3 = paired_prompt_list(prompt_3, prompts, "prompt_3")
+            batch_size = len(prompts)
+        else:
+            require_pooled(pooled_prompt_embeds, "prompt_embeds", "pooled_prompt_embeds")
+            prompts, prompts_2, prompts_3 = [], [], []
+            batch_size = prompt_embeds.shape[0]
+        need_negative = do_classifier_free_guidance and negative_prompt_embeds is None
+        if do_classifier_free_guidance and not need_negative:
+            require_pooled(negative_pooled_prompt_embeds, "negative_prompt_embeds", "negative_pooled_prompt_embeds")
+        negatives, negatives_2, negatives_3 = [], [], []
+        if need_negative:
+            negatives = negative_prompt_list(negative_prompt, batch_size)
+            negatives_2 = negative_prompt_list(negative_prompt_2 or negative_prompt, batch_size, "negative_prompt_2")
+            negatives_3 = negative_prompt_list(negative_prompt_3 or negative_prompt, batch_size, "negative_prompt_3")
+        texts = prompts + negatives
+        if texts:
+            self._check_text_components()
+
+        # 2. LoRA scale on both CLIP encoders, as the stock pipeline applies it
+        clip_encoders = [te for te in (self.text_encoder, self.text_encoder_2) if te is not None]
+        if lora_scale is not None and isinstance(self, SD3LoraLoaderMixin):
+            self._lora_scale = lora_scale
+            if USE_PEFT_BACKEND:
+                for text_encoder in clip_encoders:
+                    scale_lora_layers(text_encoder, lora_scale)
+
+        # 3. Encode positive and negative prompts together, so their window counts line up
+        if texts:
+            given = prompt_embeds if prompt_embeds is not None else negative_prompt_embeds
+            specs = self._text_specs(clip_skip)
+            texts_2 = prompts_2 + negatives_2
+            split_at = batch_size if prompt_embeds is None and need_negative else None
+            min_windows = windows_in(_clip_part(given, max_sequence_length), specs[0].num_positions)
+            embeds, pooled = encode_sd3_prompts(
+                texts,
+                specs,
+                self.text_encoder_3,
+                self.tokenizer_3,
+                prompts_2=texts_2 if texts_2 != texts else None,
+                prompts_3=prompts_3 + negatives_3,
+                max_sequence_length=max_sequence_length,
+                t5_width=self.transformer.config.joint_attention_dim if self.text_encoder_3 is None else None,
+                options=self._prompt_options(device, split_at, min_windows),
+            )
+            if prompt_embeds is None:
+                prompt_embeds, pooled_prompt_embeds = embeds[:batch_size], pooled[:batch_size]
+            if need_negative:
+                negative_prompt_embeds, negative_pooled_prompt_embeds = embeds[-batch_size:], pooled[-batch_size:]
+        _check_same_length(
+            prompt_embeds,
+            negative_prompt_embeds if do_classifier_free_guidance else None,
+            " and the same max_sequence_length",
+        )
+
+        # 4. Device and one copy per image, as the stock pipeline does
+        prompt_embeds = repeat_per_image(prompt_embeds.to(device), num_images_per_prompt)
+        pooled_prompt_embeds = repeat_per_image(pooled_prompt_embeds.to(device), num_images_per_prompt)
+        if do_classifier_free_guidance:
+            negative_prompt_embeds = repeat_per_image(negative_prompt_embeds.to(device), num_images_per_prompt)
+            negative_pooled_prompt_embeds = repeat_per_image(
+                negative_pooled_prompt_embeds.to(device), num_images_per_prompt
+            )
+
+        if isinstance(self, SD3LoraLoaderMixin) and USE_PEFT_BACKEND:
+            for text_encoder in clip_encoders:
+                unscale_lora_layers(text_encoder, lora_scale)
+        return prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds
+
+
+class FluxPromptEncoding(LongPromptEncoding):
+    """`encode_prompt` of Flux.1 pipelines."""
+
+    family = FAMILIES["flux"]
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str],
+        prompt_2: str | list[str] | None = None,
+        device: torch.device | None = None,
+        num_images_per_prompt: int = 1,
+        prompt_embeds: torch.FloatTensor | None = None,
+        pooled_prompt_embeds: torch.FloatTensor | None = None,
+        max_sequence_length: int = 512,
+        lora_scale: float | None = None,
+    ):
+        r"""Encode prompts into Flux conditioning (T5 states, CLIP-L pooled vector, text ids); arguments as in the
+        stock pipeline."""
+        device = device or self._execution_device
+
+        # 1. Validate before any compute
+        if prompt_embeds is None:
+            prompts = as_prompt_list(prompt)
+            prompts_2 = paired_prompt_list(prompt_2, prompts, "prompt_2")
+            self._check_text_components()
+        else:
+            require_pooled(pooled_prompt_embeds, "prompt_embeds", "pooled_prompt_embeds")
+
+        # 2. LoRA scale on both text encoders, as the stock pipeline applies it
+        text_encoders = [te for te in (self.text_encoder, self.text_encoder_2) if te is not None]
+        if lora_scale is not None and isinstance(self, FluxLoraLoaderMixin):
+            self._lora_scale = lora_scale
+            if USE_PEFT_BACKEND:
+                for text_encoder in text_encoders:
+                    scale_lora_layers(text_encoder, lora_scale)
+
+        # 3. Encode
+        if prompt_embeds is None:
+            if isinstance(self, TextualInversionLoaderMixin):  # multi-vector textual-inversion tokens
+                if has_added_tokens(self.tokenizer):
+                    prompts = self.maybe_convert_prompt(prompts, self.tokenizer)
+                if has_added_tokens(self.tokenizer_2):
+                    prompts_2 = self.maybe_convert_prompt(prompts_2, self.tokenizer_2)
+            prompt_embeds, pooled_prompt_embeds = encode_flux_prompts(
+                prompts,
+                self.text_encoder,
+                self.tokenizer,
+                self.text_encoder_2,
+                self.tokenizer_2,
+                prompts_2=prompts_2,
+                max_sequence_length=max_sequence_length,
+                options=self._prompt_options(device),
+            )
+
+        # 4. Device and one copy per image, as the stock pipeline does
+        prompt_embeds = repeat_per_image(prompt_embeds.to(device), num_images_per_prompt)
+        pooled_prompt_embeds = repeat_per_image(pooled_prompt_embeds.to(device), num_images_per_prompt)
+
+        if isinstance(self, FluxLoraLoaderMixin) and USE_PEFT_BACKEND:
+            for text_encoder in text_encoders:
+                unscale_lora_layers(text_encoder, lora_scale)
+        dtype = self.text_encoder.dtype if self.text_encoder is not None else self.transformer.dtype
+        text_ids = torch.zeros(prompt_embeds.shape[1], 3).to(device=device, dtype=dtype)
+        return prompt_embeds, pooled_prompt_embeds, text_ids
+
+
+def _check_same_length(
+    prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor | None, also: str = ""
+) -> None:
+    if negative_prompt_embeds is not None and negative_prompt_embeds.shape[1] != prompt_embeds.shape[1]:
+        raise ValueError(
+            f"prompt_embeds has {prompt_embeds.shape[1]} tokens but negative_prompt_embeds has "
+            f"{negative_prompt_embeds.shape[1]}; encode both with the same number of windows{also}."
+        )
+
+
+def _clip_part(embeds: torch.Tensor | None, max_sequence_length: int) -> torch.Tensor | None:
+    """The CLIP rows of given SD 3 embeddings (T5's `max_sequence_length` rows follow them)."""
+    return None if embeds is None else embeds[:, : max(embeds.shape[1] - max_sequence_length, 0)]

@@ -1,0 +1,222 @@
+"""What every family's Long-CLIP text-to-image pipeline shares, checked across the families: with the stock encoders
+and a short prompt nothing changes; a saved pipeline loads back with the installed class, as a diffusers custom
+pipeline, and with plain diffusers in a fresh process (all families in one process).
+
+The stock pipelines' `encode_prompt` runs under `torch.no_grad()` inside `__call__`; T5's attention gives other
+last bits with autograd on, so parity is checked as the pipelines call it, without grad.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+from helpers.pipelines import CFG_ENCODE_KWARGS, HEAD, MIDDLE, PAST_248, TAIL_A, generate, reload_in_fresh_process
+
+import longclip_diffusers.pipelines as long_pipelines
+from longclip_diffusers.families import FAMILIES
+from longclip_diffusers.pipelines import FLUX_PIPELINE_DIR, SD3_PIPELINE_DIR, SD_PIPELINE_DIR, SDXL_PIPELINE_DIR
+
+PROMPTS = ["a lighthouse at dusk", "a red boat"]
+SD = {"device": "cpu", "num_images_per_prompt": 2, "do_classifier_free_guidance": True}
+SD3 = {"prompt_2": None, "prompt_3": None, "device": "cpu"}  # the stock SD 3 pipeline takes them positionally
+NO_T5 = {"text_encoder_3": None, "tokenizer_3": None}  # SD 3 runs without T5: zeros in its place
+ALL, PROMPT_SIDE = "all", "prompt side"
+# clip_skip: the stock SDXL and SD 3 pipelines apply it to the prompt only (their negative reads layer -2
+# regardless); ours apply it to both, so those cases compare the prompt side (embeds and pooled vector).
+STOCK_CASES = [
+    pytest.param("sd15", {}, {**SD, "negative_prompt": ["blurry", "dark, low quality"]}, ALL, id="sd15"),
+    # SD 2.x: an OpenCLIP-H padding with "!", v-prediction
+    pytest.param("sd2", {}, {**SD, "negative_prompt": ["blurry", "dark, low quality"]}, ALL, id="sd2"),
+    pytest.param(
+        "sdxl", {}, {"device": "cpu", "num_images_per_prompt": 2, "negative_prompt": ["blurry", "dark"]}, ALL, id="sdxl"
+    ),
+    pytest.param("sdxl", {}, {"device": "cpu", "num_images_per_prompt": 2}, ALL, id="sdxl-zeros-for-no-negative"),
+    pytest.param(
+        "sdxl",
+        {},
+        {
+            "device": "cpu",
+            "num_images_per_prompt": 2,
+            "negative_prompt": "blurry",
+            "prompt_2": ["an oil painting", "a photo"],
+            "negative_prompt_2": "dark",
+        },
+        ALL,
+        id="sdxl-prompt_2",
+    ),
+    pytest.param(
+        "sdxl", {}, {"device": "cpu", "negative_prompt": "blurry", "clip_skip": 1}, PROMPT_SIDE, id="sdxl-clip-skip"
+    ),
+    pytest.param("sd3", {}, {**SD3, "num_images_per_prompt": 2, "negative_prompt": ["blurry", "dark"]}, ALL, id="sd3"),
+    pytest.param("sd3", {}, {**SD3, "num_images_per_prompt": 2}, ALL, id="sd3-empty-negative"),
+    pytest.param(
+        "sd3",
+        {},
+        {
+            **SD3,
+            "num_images_per_prompt": 2,
+            "prompt_2": ["an oil painting", "a photo"],
+            "prompt_3": ["a lighthouse, seen from the sea", "a boat in a harbour"],
+            "negative_prompt": "blurry",
+            "negative_prompt_2": "dark",
+            "negative_prompt_3": "noise",
+        },
+        ALL,
+        id="sd3-prompt_2-prompt_3",
+    ),
+    pytest.param("sd3", {}, {**SD3, "negative_prompt": "blurry", "clip_skip": 1}, PROMPT_SIDE, id="sd3-clip-skip"),
+    pytest.param("sd3", NO_T5, SD3, ALL, id="sd3-without-t5"),
+    pytest.param("flux", {}, {"device": "cpu", "num_images_per_prompt": 2}, ALL, id="flux"),
+    pytest.param(
+        "flux",
+        {},
+        {
+            "device": "cpu",
+            "num_images_per_prompt": 2,
+            "prompt_2": ["an oil painting of a lighthouse", "a photo of a boat"],
+        },
+        ALL,
+        id="flux-prompt_2",
+    ),
+]
+# What each family's image parity runs with: Flux reads the negative through encode_prompt too (true CFG).
+IMAGE_CASES = {
+    "sd15": ("a lighthouse at dusk", {}),
+    "sd2": ("a lighthouse at dusk", {}),
+    "sdxl": ("a lighthouse at dusk", {}),
+    "sd3": ("a lighthouse at dusk", {}),
+    "flux": ("a lighthouse", {"negative_prompt": "blurry", "true_cfg_scale": 2.0}),
+}
+FLUX_SIZE = {"height": 64, "width": 64}  # FluxPipeline's default size is not the model's
+# Saved and reloaded per family: a setting besides the defaults, the prompt, and what encode_prompt is called with.
+SAVED = {
+    "sd15": ({"max_prompt_windows": 3}, HEAD + TAIL_A, CFG_ENCODE_KWARGS, {}),
+    "sdxl": ({"long_prompt_strategy": "stretch"}, HEAD + PAST_248 + TAIL_A, CFG_ENCODE_KWARGS, {}),
+    "sd3": ({"long_prompt_strategy": "stretch"}, HEAD + PAST_248 + TAIL_A, CFG_ENCODE_KWARGS, {}),
+    "flux": ({"prompt_weighting": False}, "a (red:1.5) boat, " + HEAD + MIDDLE + TAIL_A, {}, FLUX_SIZE),
+}
+# The conditioning's shape for the saved prompt: [1, CLIP windows * 248 (+ T5 rows), width]
+PIPELINE_DIRS = {"sd15": SD_PIPELINE_DIR, "sdxl": SDXL_PIPELINE_DIR, "sd3": SD3_PIPELINE_DIR, "flux": FLUX_PIPELINE_DIR}
+SAVED_SHAPES = {"sd15": (1, 248, 32), "sdxl": (1, 2 * 248, 64), "sd3": (1, 2 * 248 + 256, 80), "flux": (1, 512, 80)}
+
+
+def long_class(key: str) -> type:
+    return getattr(long_pipelines, FAMILIES[key].long_pipeline)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize(("family", "components", "kwargs", "compared"), STOCK_CASES)
+def test_with_stock_encoders_and_short_prompts_the_conditioning_is_the_stock_one(
+    stock_pipeline, family, components, kwargs, compared
+):
+    stock = stock_pipeline(family)
+    if components:
+        stock = type(stock).from_pipe(stock, **components)
+    ours = long_class(family).from_pipe(stock)
+    expected, actual = stock.encode_prompt(PROMPTS, **kwargs), ours.encode_prompt(PROMPTS, **kwargs)
+    if compared == PROMPT_SIDE:
+        expected, actual = (expected[0], expected[2]), (actual[0], actual[2])
+    assert len(expected) == len(actual)
+    assert all(torch.equal(e, a) for e, a in zip(expected, actual, strict=True)), kwargs
+
+
+@pytest.mark.parametrize("family", list(IMAGE_CASES))
+def test_with_stock_encoders_and_a_short_prompt_the_image_is_the_stock_one(stock_pipeline, family):
+    stock = stock_pipeline(family)
+    ours = long_class(family).from_pipe(stock)
+    prompt, kwargs = IMAGE_CASES[family]
+    assert np.array_equal(generate(stock, prompt, **kwargs), generate(ours, prompt, **kwargs))
+
+
+@pytest.fixture(scope="module")
+def saved(long_pipeline, tmp_path_factory):
+    """Each family's Long-CLIP pipeline with its `SAVED` setting, saved: {family: (pipeline, folder)}."""
+    folders = {}
+    for family, (settings, *_) in SAVED.items():
+        ours = long_class(family).from_pipe(long_pipeline(family), **settings)
+        folder = tmp_path_factory.mktemp(family) / "pipe"
+        ours.save_pretrained(folder)
+        folders[family] = (ours, folder)
+    return folders
+
+
+@torch.no_grad()
+def encode_saved(pipe, family: str):
+    _, prompt, encode_kwargs, _ = SAVED[family]
+    return pipe.encode_prompt(prompt=prompt, device="cpu", num_images_per_prompt=1, **encode_kwargs)
+
+
+@pytest.mark.parametrize("family", list(SAVED))
+def test_a_saved_pipeline_reloads_with_the_installed_class(saved, family):
+    ours, folder = saved[family]
+    cls, (settings, *_) = long_class(family), SAVED[family]
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == [cls.code_file, cls.__name__]
+    assert all(index[name] == value for name, value in settings.items())
+    reloaded = cls.from_pretrained(folder)
+    assert type(reloaded) is cls  # the installed class, no saved code
+    assert all(reloaded.config[name] == value for name, value in settings.items())
+    assert reloaded.config.prompt_weighting == settings.get("prompt_weighting", True)
+    assert torch.equal(encode_saved(reloaded, family)[0], encode_saved(ours, family)[0])
+
+
+@pytest.fixture(scope="module")
+def reloaded(saved, tmp_path_factory):
+    """Every saved family loaded back with plain diffusers, in one fresh interpreter."""
+    jobs = [
+        {"folder": folder, "prompt": SAVED[family][1], "encode": SAVED[family][2], "call": SAVED[family][3]}
+        for family, (_, folder) in saved.items()
+    ]
+    return dict(zip(saved, reload_in_fresh_process(jobs, tmp_path_factory.mktemp("fresh")), strict=True))
+
+
+@pytest.mark.parametrize("family", list(SAVED))
+def test_a_saved_pipeline_reloads_with_plain_diffusers_in_a_fresh_process(saved, reloaded, family):
+    ours, folder = saved[family]
+    cls, (settings, prompt, _, call_kwargs) = long_class(family), SAVED[family]
+    result = reloaded[family]
+    assert result["class"] == f"diffusers_modules.local.{cls.code_file}.{cls.__name__}"
+    assert all(result["config"][name] == value for name, value in settings.items())
+    assert result["config"]["tokenizer"] == ("longclip_diffusers.tokenizer", "LongCLIPTokenizer")
+    saved_code = (folder / f"{cls.code_file}.py").read_text()
+    assert saved_code == Path(sys.modules[cls.__module__].__file__).read_text()
+    expected = encode_saved(ours, family)
+    assert expected[0].shape == SAVED_SHAPES[family]
+    assert all(torch.equal(e, r) for e, r in zip(expected, result["embeds"], strict=True))
+    assert np.array_equal(result["image"].numpy(), generate(ours, prompt, **call_kwargs))
+
+
+@pytest.mark.parametrize("family", list(SAVED))
+def test_a_saved_pipeline_without_trust_remote_code_says_what_to_pass(saved, family):
+    _, folder = saved[family]
+    code_file = long_class(family).code_file
+    with pytest.raises(ValueError, match=f"(?s)custom code in {code_file}.py .*Pass `trust_remote_code=True`"):
+        DiffusionPipeline.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("family", list(SAVED))
+def test_save_pretrained_refuses_push_to_hub_before_writing(long_pipeline, family, tmp_path):
+    with pytest.raises(ValueError, match="push_to_hub is not supported here: save_pretrained\\(folder\\), then upload"):
+        long_pipeline(family).save_pretrained(tmp_path / "pipe", push_to_hub=True)
+    assert not (tmp_path / "pipe").exists()
+
+
+@pytest.mark.parametrize("family", list(SAVED))
+def test_loads_as_a_diffusers_custom_pipeline(tiny_components, long_pipeline, family, monkeypatch):
+    # diffusers imports every local custom pipeline as `diffusers_modules.local.pipeline`; a second, different
+    # one in the same process would land in the first one's module (a diffusers limitation, not ours).
+    monkeypatch.delitem(sys.modules, "diffusers_modules.local.pipeline", raising=False)
+    pipe, cls = long_pipeline(family), long_class(family)
+    custom = DiffusionPipeline.from_pretrained(
+        tiny_components / family,
+        custom_pipeline=str(PIPELINE_DIRS[family]),
+        trust_remote_code=True,  # our own pipeline file, loaded the way diffusers loads community pipelines
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+    )
+    assert type(custom).__name__ == cls.__name__
+    assert torch.equal(encode_saved(custom, family)[0], encode_saved(pipe, family)[0])
