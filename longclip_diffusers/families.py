@@ -78,6 +78,7 @@ class Family:
     reads_negative: bool = True  # Flux.1's guidance is distilled: at its settings it reads no negative prompt
     window_limit: int | None = None  # the windows of the long CLIP it reads (Flux: the first, its pooled vector)
     comfy: ComfyWorkflow | None = None
+    variants: tuple[str, ...] = ()  # its other diffusers pipeline classes (prompt encoding as `stock_pipeline`'s)
 
     @property
     def clip_encoders(self) -> tuple[TextEncoderRole, ...]:
@@ -113,6 +114,44 @@ FAMILIES: dict[str, Family] = {
             default_pipeline="stable-diffusion-v1-5/stable-diffusion-v1-5",
             tiny_builder="tiny_sd15_pipeline",
             comfy=ComfyWorkflow("v1-5-pruned-emaonly.safetensors", 512, 30, 7.0, "normal"),
+            variants=(
+                "AnimateDiffControlNetPipeline",
+                "AnimateDiffPAGPipeline",
+                "AnimateDiffPipeline",
+                "AnimateDiffSparseControlNetPipeline",
+                "AnimateDiffVideoToVideoControlNetPipeline",
+                "AnimateDiffVideoToVideoPipeline",
+                "CycleDiffusionPipeline",
+                "LatentConsistencyModelImg2ImgPipeline",
+                "LatentConsistencyModelPipeline",
+                "PIAPipeline",
+                "StableDiffusionAdapterPipeline",
+                "StableDiffusionControlNetImg2ImgPipeline",
+                "StableDiffusionControlNetInpaintPipeline",
+                "StableDiffusionControlNetPAGInpaintPipeline",
+                "StableDiffusionControlNetPAGPipeline",
+                "StableDiffusionControlNetPipeline",
+                "StableDiffusionControlNetXSPipeline",
+                "StableDiffusionDepth2ImgPipeline",
+                "StableDiffusionDiffEditPipeline",
+                "StableDiffusionGLIGENPipeline",
+                "StableDiffusionGLIGENTextImagePipeline",
+                "StableDiffusionImg2ImgPipeline",
+                "StableDiffusionInpaintPipeline",
+                "StableDiffusionLDM3DPipeline",
+                "StableDiffusionPAGImg2ImgPipeline",
+                "StableDiffusionPAGInpaintPipeline",
+                "StableDiffusionPAGPipeline",
+                "StableDiffusionPanoramaPipeline",
+                "StableDiffusionParadigmsPipeline",
+                "StableDiffusionSAGPipeline",
+                "StableDiffusionUpscalePipeline",
+                "StableUnCLIPImg2ImgPipeline",
+                "StableUnCLIPPipeline",
+                "TextToVideoSDPipeline",
+                "TextToVideoZeroPipeline",
+                "VideoToVideoSDPipeline",
+            ),
         ),
         Family(
             "sdxl",
@@ -125,6 +164,25 @@ FAMILIES: dict[str, Family] = {
             tiny_builder="tiny_sdxl_pipeline",
             big_g_strategies=True,
             comfy=ComfyWorkflow("sd_xl_base_1.0.safetensors", 1024, 30, 7.0, "normal"),
+            variants=(
+                "AnimateDiffSDXLPipeline",
+                "StableDiffusionXLAdapterPipeline",
+                "StableDiffusionXLControlNetImg2ImgPipeline",
+                "StableDiffusionXLControlNetInpaintPipeline",
+                "StableDiffusionXLControlNetPAGImg2ImgPipeline",
+                "StableDiffusionXLControlNetPAGPipeline",
+                "StableDiffusionXLControlNetPipeline",
+                "StableDiffusionXLControlNetUnionImg2ImgPipeline",
+                "StableDiffusionXLControlNetUnionInpaintPipeline",
+                "StableDiffusionXLControlNetUnionPipeline",
+                "StableDiffusionXLControlNetXSPipeline",
+                "StableDiffusionXLImg2ImgPipeline",
+                "StableDiffusionXLInpaintPipeline",
+                "StableDiffusionXLPAGImg2ImgPipeline",
+                "StableDiffusionXLPAGInpaintPipeline",
+                "StableDiffusionXLPAGPipeline",
+                "TextToVideoZeroSDXLPipeline",
+            ),
         ),
         Family(
             "sd2",
@@ -134,7 +192,7 @@ FAMILIES: dict[str, Family] = {
             (TextEncoderRole("text_encoder", "tokenizer", "clip_h", layer=-1, final_norm=True, long=True),),
             clip_activation="gelu",
             default_pipeline="stabilityai/stable-diffusion-2-1",
-            tiny_builder="tiny_sd2_pipeline",
+            tiny_builder="tiny_sd2_pipeline",  # runs SD 1.5's pipeline classes (its `variants`)
         ),
         Family(
             "sd3",
@@ -152,6 +210,14 @@ FAMILIES: dict[str, Family] = {
             t5=T5Reading("tokenizer_3", default_length=256, max_length=512),
             big_g_strategies=True,
             comfy=ComfyWorkflow("sd3.5_large.safetensors", 1024, 28, 4.5, "sgm_uniform"),
+            variants=(
+                "StableDiffusion3ControlNetInpaintingPipeline",
+                "StableDiffusion3ControlNetPipeline",
+                "StableDiffusion3Img2ImgPipeline",
+                "StableDiffusion3InpaintPipeline",
+                "StableDiffusion3PAGImg2ImgPipeline",
+                "StableDiffusion3PAGPipeline",
+            ),
         ),
         Family(
             "flux",
@@ -169,6 +235,20 @@ FAMILIES: dict[str, Family] = {
             reads_negative=False,
             window_limit=1,
             comfy=ComfyWorkflow("flux1-dev.safetensors", 1024, 20, 1.0, "simple"),
+            variants=(
+                "FluxControlImg2ImgPipeline",
+                "FluxControlInpaintPipeline",
+                "FluxControlNetImg2ImgPipeline",
+                "FluxControlNetInpaintPipeline",
+                "FluxControlNetPipeline",
+                "FluxControlPipeline",
+                "FluxFillPipeline",
+                "FluxImg2ImgPipeline",
+                "FluxInpaintPipeline",
+                "FluxKontextInpaintPipeline",
+                "FluxKontextPipeline",
+                "FluxPriorReduxPipeline",
+            ),
         ),
     )
 }
@@ -193,3 +273,11 @@ def describe_families() -> str:
     for family in FAMILIES.values():
         names.setdefault(family.stock_pipeline, []).append(family.name)
     return ", ".join(f"{stock} ({', '.join(family_names)})" for stock, family_names in names.items())
+
+
+def family_running(pipeline_class: str) -> Family | None:
+    """The family whose text-to-image class or one of whose `variants` is `pipeline_class` (SD 2.x runs SD 1.5's
+    classes: SD 1.5 is named for them); None for a class of no family here."""
+    return next(
+        (f for f in FAMILIES.values() if pipeline_class == f.stock_pipeline or pipeline_class in f.variants), None
+    )

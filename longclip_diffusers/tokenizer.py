@@ -5,7 +5,9 @@ from __future__ import annotations
 import gzip
 import html
 import json
+import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ from .atomic import atomic_write
 from .constants import CLIP_BOS_TOKEN, CLIP_EOS_TOKEN, CLIP_PAD_TOKEN, LONG_CLIP_POSITIONS
 from .formats import CheckpointError, text_positions
 from .hub import WEIGHT_SUFFIXES, resolve
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_MAX_LENGTH", "LongCLIPTokenizer", "check_pair", "clean_text", "write_clip_vocab"]
 
@@ -121,6 +125,11 @@ class LongCLIPTokenizer(CLIPTokenizerFast):
             split_special_tokens=split_special_tokens,
             **kwargs,
         )
+
+    def __call__(self, text: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("padding") == "max_length":  # how stock diffusers pipelines tokenize a prompt
+            warn_if_syntax_is_lost(text)
+        return super().__call__(text, *args, **kwargs)
 
     # Clean exactly once, at the installed transformers version's single entry point: cleaning is not
     # idempotent ("x < y &amp;amp;amp;" -> "x < y &amp;" -> "x < y &").
@@ -233,3 +242,46 @@ def check_pair(tokenizer: PreTrainedTokenizerBase, text_config: CLIPTextConfig, 
             f"{text_config.max_position_embeddings} positions; load the tokenizer with "
             f"LongCLIPTokenizer.from_pretrained(..., model_max_length={text_config.max_position_embeddings})."
         )
+
+
+_WARNED: set[str] = set()
+
+
+def warn_if_syntax_is_lost(text: Any) -> None:
+    """Warn, once per pipeline class, when a stock diffusers pipeline tokenizes a prompt with weighting syntax or
+    `BREAK`, which it reads as plain text; the warning names the Long-CLIP class that honours them."""
+    from .prompts.syntax import parse_weighted_prompt
+
+    texts = [text] if isinstance(text, str) else text if isinstance(text, list) else []
+    prompt = next(
+        (prompt for prompt in texts if isinstance(prompt, str) and _has_syntax(prompt, parse_weighted_prompt)), None
+    )
+    if prompt is None:
+        return
+    frame = sys._getframe(1)
+    for _ in range(8):  # the stock pipeline's encode_prompt is a few calls up
+        frame = frame.f_back
+        if frame is None:
+            return
+        owner = frame.f_locals.get("self")
+        if type(owner).__module__.startswith("diffusers.") and hasattr(owner, "encode_prompt"):
+            break
+    else:
+        return
+    name = type(owner).__name__
+    if name not in _WARNED:
+        _WARNED.add(name)
+        logger.warning(
+            "%s reads weighting syntax and BREAK as plain text (%r); use LongCLIP%s "
+            "(longclip_diffusers.pipelines.with_long_prompts(pipe)) to honour them.",
+            name,
+            prompt[:60],
+            name,
+        )
+
+
+def _has_syntax(prompt: str, parse) -> bool:
+    try:
+        return any(weight != 1.0 for _, weight in parse(prompt))
+    except ValueError:  # a weight out of range is syntax too
+        return True

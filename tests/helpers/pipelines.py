@@ -1,5 +1,9 @@
 """Long prompts and a generation helper shared by the pipeline tests."""
 
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
 HEAD = (
     "A highly detailed oil painting of an old stone lighthouse standing on a rugged cliff at dusk, waves crashing "
     "against the black rocks below, seagulls circling in a sky streaked with orange, violet and deep blue clouds, "

@@ -137,3 +137,23 @@ def test_a_tokenizer_that_does_not_fit_the_encoder_is_refused(pipe, stock):
         LongCLIPStableDiffusionPipeline.from_pipe(
             stock, text_encoder=pipe.text_encoder, tokenizer=tiny_clip_tokenizer()
         )
+
+
+def test_a_stock_pipeline_with_a_long_clip_tokenizer_warns_once_that_weighting_is_read_as_text(
+    stock, pipe, caplog, monkeypatch
+):
+    import logging
+
+    from diffusers import StableDiffusionPipeline
+
+    import longclip_diffusers.tokenizer as tokenizer_module
+
+    monkeypatch.setattr(tokenizer_module, "_WARNED", set())
+    plain = StableDiffusionPipeline.from_pipe(stock, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
+    with caplog.at_level(logging.WARNING, logger="longclip_diffusers.tokenizer"):
+        plain.encode_prompt("a red boat", "cpu", 1, False)
+        assert "weighting syntax" not in caplog.text
+        plain.encode_prompt("a (red:1.3) boat", "cpu", 1, False)
+        plain.encode_prompt("a red BREAK boat", "cpu", 1, False)
+    assert caplog.text.count("StableDiffusionPipeline reads weighting syntax and BREAK as plain text") == 1
+    assert "use LongCLIPStableDiffusionPipeline" in caplog.text
