@@ -2,12 +2,13 @@
 
 Stable Diffusion reads a CLIP text encoder's per-token states, not its pooled embedding (except as SDXL's / SD 3's
 pooled vector and Flux's only CLIP input), and Long-CLIP training supervises only the pooled embedding. This module
-reads both encoders as each family's pipeline reads them, with the readers the pipelines use (`prompts.py`):
+reads both encoders as each family's pipeline reads them, with the readers the pipelines use (the family table
+and `prompts`):
 
-- `sd15`: the last layer through the final layer norm (`sd_text_spec`);
+- `sd15`: the last layer through the final layer norm;
 - `sd2`: the penultimate layer through the final layer norm: the last one of a tower stored as SD 2.x stores it
   (23 of OpenCLIP-H's 24 layers, as `longclip convert --sd2` writes), the one before it of a full tower;
-- `sdxl`: the penultimate layer without the norm (`sdxl_text_spec`), and the projected pooled vector of an encoder
+- `sdxl`: the penultimate layer without the norm, and the projected pooled vector of an encoder
   that has a projection (SDXL's `text_encoder_2`);
 - `sd3`: the same states and the projected pooled vector (SD 3 reads both encoders' projections);
 - `flux`: CLIP-L's `pooler_output` only (`encode_pooled_prompts`; Flux reads no per-token CLIP states).
@@ -33,6 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from . import families
 from .atomic import atomic_write
 from .convert import SD2_LAYERS
 from .drift_prompts import DRIFT_PROMPTS
@@ -41,8 +43,7 @@ from .prompts import (
     TextEncoderSpec,
     encode_pooled_prompts,
     encode_windows_direct,
-    sd_text_spec,
-    sdxl_text_spec,
+    text_encoder_specs,
     tokenize_windows,
 )
 from .stretch import DEFAULT_KEEP
@@ -105,19 +106,17 @@ def check_comparable(reference: DriftEncoder, model: DriftEncoder) -> None:
 
 
 def family_spec(family: str, encoder: DriftEncoder) -> TextEncoderSpec | None:
-    """How `family` reads `encoder`'s per-token states (None for Flux, which reads none)."""
-    text_encoder, tokenizer = encoder.text_encoder, encoder.tokenizer
-    if family == "sd15":
-        return sd_text_spec(text_encoder, tokenizer, None)
-    if family == "sd2":
-        config = text_encoder.config
-        stored_for_sd2 = (config.num_hidden_layers, config.hidden_size) == (SD2_LAYERS, 1024)
-        return sd_text_spec(text_encoder, tokenizer, 0 if stored_for_sd2 else 1)
-    if family in ("sdxl", "sd3"):
-        return sdxl_text_spec(text_encoder, tokenizer, None)
+    """How `family` reads `encoder`'s per-token states, as the family table says its first CLIP is read (None for
+    Flux, which reads none). SDXL and SD 3 read their CLIP-L and bigG the same way."""
+    if family not in FAMILIES:
+        raise ValueError(f"Unknown family {family!r}; choose one of {', '.join(FAMILIES)} or all.")
     if family == "flux":
         return None
-    raise ValueError(f"Unknown family {family!r}; choose one of {', '.join(FAMILIES)} or all.")
+    clip_skip = 0
+    if family == "sd2":  # a tower stored as SD 2.x stores it ends at the layer SD 2.x reads; a full one a layer later
+        config = encoder.text_encoder.config
+        clip_skip = 0 if (config.num_hidden_layers, config.hidden_size) == (SD2_LAYERS, 1024) else 1
+    return text_encoder_specs(families.FAMILIES[family], [(encoder.text_encoder, encoder.tokenizer)], clip_skip)[0]
 
 
 def _has_projection(encoder: DriftEncoder) -> bool:
