@@ -7,11 +7,16 @@ diffusers finds the task class of a pipeline by the model name its class is list
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
-from diffusers.pipelines import auto_pipeline
-
 from longclip_diffusers.families import family_running
+
+with warnings.catch_warnings():
+    # diffusers' AutoPipeline tables import every pipeline, Kolors' text encoder among them, which calls
+    # `torch.jit.script` at import: torch 2.10+ warns about that on every `longclip` command. Not ours to fix.
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+    from diffusers.pipelines import auto_pipeline
 
 PREFIX = "longclip-"
 TABLES = (
