@@ -15,7 +15,7 @@ from PIL import Image
 
 import longclip_diffusers.pipelines as long_pipelines
 from longclip_diffusers.families import FAMILIES
-from longclip_diffusers.pipelines import long_clip_class, with_long_prompts
+from longclip_diffusers.pipelines import LongCLIPStableDiffusionXLPipeline, long_clip_class, with_long_prompts
 
 IMAGE = Image.new("RGB", (64, 64), (200, 40, 40))
 MASK = Image.new("L", (64, 64), 255)
@@ -247,3 +247,38 @@ def test_bad_input_keeps_its_one_line_error(stock_variant, long_parts, name):
         ours(prompt=["a", 3], num_inference_steps=1, output_type="latent", **call_kwargs(name))
     with pytest.raises(ValueError, match=r"\(cat:20\): weight 20 is outside the range 0 to 10"):
         ours(prompt="a (cat:20)", num_inference_steps=1, output_type="latent", **call_kwargs(name))
+
+
+def test_auto_pipelines_map_long_clip_classes_to_long_clip_classes_and_stock_to_stock(long_pipeline, stock_pipeline):
+    t2i = LongCLIPStableDiffusionXLPipeline.from_pipe(long_pipeline("sdxl"), long_prompt_strategy="stretch")
+    i2i = diffusers.AutoPipelineForImage2Image.from_pipe(t2i)
+    inpaint = diffusers.AutoPipelineForInpainting.from_pipe(i2i)
+    back = diffusers.AutoPipelineForText2Image.from_pipe(inpaint)
+    names = [type(pipe).__name__ for pipe in (i2i, inpaint, back)]
+    assert names == [
+        "LongCLIPStableDiffusionXLImg2ImgPipeline",
+        "LongCLIPStableDiffusionXLInpaintPipeline",
+        "LongCLIPStableDiffusionXLPipeline",
+    ]
+    assert all(pipe.text_encoder is t2i.text_encoder and pipe.unet is t2i.unet for pipe in (i2i, inpaint, back))
+    assert all(pipe.config.long_prompt_strategy == "stretch" for pipe in (i2i, inpaint, back))
+    controlled = diffusers.AutoPipelineForText2Image.from_pipe(
+        long_pipeline("sd15"), controlnet=controlnet(stock_pipeline("sd15"))
+    )
+    assert type(controlled).__name__ == "LongCLIPStableDiffusionControlNetPipeline"
+    stock = diffusers.AutoPipelineForImage2Image.from_pipe(stock_pipeline("sdxl"))
+    assert type(stock) is diffusers.StableDiffusionXLImg2ImgPipeline
+
+
+def test_a_saved_counterpart_reloads_with_its_class_and_with_plain_diffusers(stock_variant, long_parts, tmp_path):
+    name = "StableDiffusionXLImg2ImgPipeline"
+    ours = long_variant(stock_variant(name), long_parts, "sdxl", long_prompt_strategy="stretch")
+    ours.save_pretrained(tmp_path / "pipe")
+    expected = denoiser_input(ours, HEAD + MIDDLE + TAIL_A, name)
+    reloaded = type(ours).from_pretrained(tmp_path / "pipe")
+    assert type(reloaded) is type(ours) and reloaded.config.long_prompt_strategy == "stretch"
+    plain = diffusers.DiffusionPipeline.from_pretrained(tmp_path / "pipe", trust_remote_code=True)
+    assert type(plain).__name__ == type(ours).__name__ and type(plain).__module__.startswith("diffusers_modules")
+    for pipe in (reloaded, plain):
+        actual = denoiser_input(pipe, HEAD + MIDDLE + TAIL_A, name)
+        assert all(torch.equal(expected[key], actual[key]) for key in expected)
