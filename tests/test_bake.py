@@ -5,9 +5,9 @@ import re
 
 import pytest
 import torch
+from helpers.single_files import ldm_state_dict
 from safetensors import safe_open
 from safetensors.torch import save_file
-from single_files import ldm_state_dict
 
 from longclip_diffusers import convert
 from longclip_diffusers.cli import main

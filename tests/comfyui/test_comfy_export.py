@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 import torch
-from comfy_fakes import LONG, openai_like_config
+from helpers.comfy_fakes import LONG, openai_like_config
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from longclip_diffusers import CheckpointError, convert, load_checkpoint

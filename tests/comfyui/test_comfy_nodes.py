@@ -6,7 +6,8 @@ import copy
 
 import pytest
 import torch
-from comfy_fakes import (
+from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from helpers.comfy_fakes import (
     LONG,
     PROMPTS,
     SHORT,
@@ -16,7 +17,6 @@ from comfy_fakes import (
     install_comfy_stubs,
     openai_like_config,
 )
-from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from longclip_diffusers import CheckpointError, LongCLIPTokenizer, stretch_model

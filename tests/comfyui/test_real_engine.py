@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from comfy_fakes import LONG, SHORT
+from helpers.comfy_fakes import LONG, SHORT
 from safetensors.torch import load_file, save_file
 from transformers import T5Config, T5EncoderModel
 

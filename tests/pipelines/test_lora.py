@@ -11,7 +11,7 @@ import copy
 import pytest
 import torch
 from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
-from long_prompts import HEAD, TAIL_A, generate
+from helpers.pipelines import HEAD, TAIL_A, generate
 from safetensors.torch import save_file
 
 from longclip_diffusers.pipelines import (

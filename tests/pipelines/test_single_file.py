@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-from long_prompts import HEAD, TAIL_A, generate
+from helpers.pipelines import HEAD, TAIL_A, generate
+from helpers.single_files import ldm_state_dict
 from safetensors.torch import save_file
-from single_files import ldm_state_dict
 
 from longclip_diffusers.pipelines import LongCLIPStableDiffusionPipeline, LongCLIPStableDiffusionXLPipeline
 
