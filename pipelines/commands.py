@@ -75,7 +75,7 @@ def run_generate(args: argparse.Namespace) -> str:
         )
     # Then what the pipeline's model_index.json tells (its family), still before any model loads.
     family = generation.pipeline_family(args.pipeline)
-    family.check_options(args.pipeline, strategy=args.strategy, negative_prompt=args.negative)
+    generation.check_options(family, args.pipeline, strategy=args.strategy, negative_prompt=args.negative)
 
     pair = generation.load_pipelines(args.pipeline, args.long_encoder, strategy=args.strategy, family=family)
     options = dict(steps=args.steps, seed=args.seed, guidance_scale=args.guidance, width=args.width, height=args.height)
