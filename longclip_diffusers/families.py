@@ -89,12 +89,6 @@ class Family:
         """The encoder a Long-CLIP replaces (CLIP-L; SD 2's OpenCLIP-H)."""
         return next(encoder for encoder in self.encoders if encoder.long)
 
-    def tiny_pipeline(self, seed: int = 0):
-        """A tiny random pipeline of this family (`longclip_diffusers.tiny`)."""
-        from . import tiny
-
-        return getattr(tiny, self.tiny_builder)(seed)
-
 
 _CLIP_L_LAST = TextEncoderRole("text_encoder", "tokenizer", "clip_l", layer=-1, final_norm=True, long=True)
 _CLIP_L_PENULTIMATE = TextEncoderRole("text_encoder", "tokenizer", "clip_l", layer=-2, long=True)

@@ -70,7 +70,23 @@ class LongPromptEncoding:
         """The family's CLIP encoders as it reads them (its layer, `clip_skip` layers earlier)."""
         roles = self.family.clip_encoders
         pairs = [(getattr(self, role.component, None), getattr(self, role.tokenizer, None)) for role in roles]
-        return text_encoder_specs(self.family, pairs, clip_skip)
+        specs = text_encoder_specs(self.family, pairs, clip_skip)
+        for spec in specs:
+            layers = spec.text_encoder.config.num_hidden_layers
+            if isinstance(clip_skip, bool) or not isinstance(clip_skip, int | None) or -spec.hidden_layer > layers + 1:
+                raise ValueError(
+                    f"clip_skip={clip_skip!r} is out of range for a {layers}-layer text encoder; give a whole number "
+                    f"from 0 to {layers + 1 + spec.hidden_layer + (clip_skip or 0)}."
+                )
+        return specs
+
+    def _check_denoiser_width(self, width: int, name: str, expected: int | None, reads: str) -> None:
+        """Refuse text encoders whose conditioning is not as wide as the denoiser reads it."""
+        if expected is not None and width != expected:
+            raise ValueError(
+                f"{name} gives {width}-wide conditioning but this {type(self).__name__}'s denoiser reads {reads} "
+                f"{expected} wide; use text encoders of the same model (a Long-CLIP of the width it replaces)."
+            )
 
     def _prompt_options(self, device, split_at: int | None = None, min_windows: int = 1) -> PromptOptions:
         config = self.config
@@ -88,6 +104,14 @@ class StableDiffusionPromptEncoding(LongPromptEncoding):
     """`encode_prompt` of SD 1.x/2.x pipelines."""
 
     family = FAMILIES["sd15"]  # SD 2.x reads its OpenCLIP-H the same way
+
+    def _check_text_components(self) -> None:
+        super()._check_text_components()
+        unet = getattr(self, "unet", None)
+        if self.text_encoder is not None and unet is not None:
+            width = self.text_encoder.config.hidden_size
+            expected = unet.config.cross_attention_dim
+            self._check_denoiser_width(width, "text_encoder", expected if isinstance(expected, int) else None, "text")
 
     def encode_prompt(
         self,
@@ -275,6 +299,7 @@ class StableDiffusion3PromptEncoding(LongPromptEncoding):
     ):
         r"""Encode prompts (of any length) into SD 3 conditioning; arguments as in the stock pipeline."""
         device = device or self._execution_device
+        _check_max_sequence_length(self.family, max_sequence_length)
 
         # 1. Validate before any compute
         if prompt_embeds is None:
@@ -354,6 +379,14 @@ class FluxPromptEncoding(LongPromptEncoding):
 
     family = FAMILIES["flux"]
 
+    def _check_text_components(self) -> None:
+        super()._check_text_components()
+        transformer = getattr(self, "transformer", None)
+        if self.text_encoder is not None and transformer is not None:
+            width = self.text_encoder.config.hidden_size
+            expected = transformer.config.pooled_projection_dim
+            self._check_denoiser_width(width, "text_encoder", expected, "CLIP-L's pooled vector")
+
     def encode_prompt(
         self,
         prompt: str | list[str],
@@ -368,6 +401,7 @@ class FluxPromptEncoding(LongPromptEncoding):
         r"""Encode prompts into Flux conditioning (T5 states, CLIP-L pooled vector, text ids); arguments as in the
         stock pipeline."""
         device = device or self._execution_device
+        _check_max_sequence_length(self.family, max_sequence_length)
 
         # 1. Validate before any compute
         if prompt_embeds is None:
@@ -422,6 +456,18 @@ def _check_same_length(
         raise ValueError(
             f"prompt_embeds has {prompt_embeds.shape[1]} tokens but negative_prompt_embeds has "
             f"{negative_prompt_embeds.shape[1]}; encode both with the same number of windows{also}."
+        )
+
+
+def _check_max_sequence_length(family: Family, max_sequence_length: object) -> None:
+    if (
+        isinstance(max_sequence_length, bool)
+        or not isinstance(max_sequence_length, int)
+        or not (1 <= max_sequence_length <= family.t5.max_length)
+    ):
+        raise ValueError(
+            f"max_sequence_length={max_sequence_length!r}; {family.name}'s T5 reads a whole number of tokens from 1 to "
+            f"{family.t5.max_length} ({family.t5.default_length} by default)."
         )
 
 

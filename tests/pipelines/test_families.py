@@ -220,3 +220,42 @@ def test_loads_as_a_diffusers_custom_pipeline(tiny_components, long_pipeline, fa
     )
     assert type(custom).__name__ == cls.__name__
     assert torch.equal(encode_saved(custom, family)[0], encode_saved(pipe, family)[0])
+
+
+@pytest.mark.parametrize(
+    ("family", "kwargs", "message"),
+    [
+        ("sd15", {"clip_skip": 99}, r"clip_skip=99 is out of range for a 5-layer text encoder; give a whole number"),
+        ("sdxl", {"clip_skip": 99}, r"clip_skip=99 is out of range for a \d-layer text encoder"),
+        ("sd3", {"max_sequence_length": 0}, r"max_sequence_length=0; SD 3's T5 reads a whole number of tokens"),
+        ("flux", {"max_sequence_length": 0}, r"max_sequence_length=0; Flux.1's T5 reads a whole number of tokens"),
+    ],
+)
+def test_out_of_range_clip_skip_and_t5_length_get_one_line(long_pipeline, family, kwargs, message):
+    sd = {"num_images_per_prompt": 1, "do_classifier_free_guidance": True} if family == "sd15" else {}
+    with pytest.raises(ValueError, match=message):
+        long_pipeline(family).encode_prompt("a lighthouse", device="cpu", **sd, **kwargs)
+
+
+@pytest.mark.parametrize(("value", "accepted"), [(0, None), (2, 2), (None, None), (1.5, False), ("2", False)])
+def test_max_prompt_windows_zero_reads_every_window_as_the_comfyui_node_does(long_pipeline, value, accepted):
+    cls = long_class("sd15")
+    if accepted is False:
+        with pytest.raises(ValueError, match=f"max_prompt_windows={value!r}; give a whole number of windows"):
+            cls.from_pipe(long_pipeline("sd15"), max_prompt_windows=value)
+        return
+    ours = cls.from_pipe(long_pipeline("sd15"), max_prompt_windows=value)
+    embeds, _ = ours.encode_prompt(HEAD + PAST_248 + TAIL_A, "cpu", 1, True)
+    assert embeds.shape[1] == 248 * (accepted or 2)
+
+
+@pytest.mark.parametrize("family", ["sd15", "flux"])
+def test_a_text_encoder_of_the_wrong_width_is_refused_at_construction(stock_pipeline, family):
+    from transformers import CLIPTextModel
+
+    stock = stock_pipeline(family)
+    config = stock.text_encoder.config.to_dict()
+    config.update(hidden_size=48, intermediate_size=64)
+    wide = CLIPTextModel(type(stock.text_encoder.config).from_dict(config))
+    with pytest.raises(ValueError, match="text_encoder gives 48-wide conditioning but this LongCLIP"):
+        long_class(family).from_pipe(stock, text_encoder=wide)
