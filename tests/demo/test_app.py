@@ -205,7 +205,7 @@ def test_the_tiny_start_loads_every_base_and_leaves_no_temporary_folder(tiny_sta
         ("SD 3", "a cat", "(blurry:-1)", 0, 4, 7.5, 64, 64, "In the negative prompt: (blurry:-1): weight -1 is"),
         ("Flux.1", "a ((cat:4):4)", None, 0, 4, 7.5, 64, 64, "In the prompt: 'cat' gets weight 16 from nested"),
         # what one request may cost: 3,996 characters of BREAK made 666 windows, 337 s a step on the tiny SD 3.5
-        ("SD 3.5", "BREAK " * 666, None, 0, 4, 7.5, 64, 64, "The prompt makes 666 windows of 246 tokens for Long-CLIP"
+        ("SD 3", "BREAK " * 666, None, 0, 4, 7.5, 64, 64, "The prompt makes 666 windows of 246 tokens for Long-CLIP"
          " (0 tokens, and each BREAK starts a window); the demo encodes at most 8. Shorten it or use fewer BREAKs."),
         ("SD 1.5", "a cat", "a, " * 1300, 0, 4, 7.5, 64, 64, "The negative prompt makes 11 windows of 246 tokens for "
          "Long-CLIP (2600 tokens); the demo encodes at most 8. Shorten it."),
@@ -338,7 +338,7 @@ def test_alignment_score_equals_open_clip_similarity(published_pt):
 
 def test_a_prompt_of_eight_windows_is_generated(tiny_models):
     prompt = " BREAK ".join(["a lighthouse"] * 8)  # the most windows the demo encodes
-    *_, summary, _, _ = compare(tiny_models, "SD 3.5", prompt, "", 0, 1, 7.5, 64, 64)
+    *_, summary, _, _ = compare(tiny_models, "SD 3", prompt, "", 0, 1, 7.5, 64, 64)
     assert "both encoders read the whole prompt (Long-CLIP in 8 windows of 246)." in summary
 
 
@@ -415,7 +415,7 @@ def test_a_typo_in_a_local_path_is_refused_at_once(tiny_components, tmp_path, mo
     with pytest.raises(FileNotFoundError) as refused:
         app.load_models(demo_arguments("--sd15", "sd15x", *encoder))  # one word: no Hub id either
     assert str(refused.value) == "sd15x: no such file or folder (the SD 1.5 pipeline, from --sd15 or LONGCLIP_SD15)."
-    with pytest.raises(FileNotFoundError, match=r"^sd3/typo: no such file or folder \(the SD 3.5 pipeline"):
+    with pytest.raises(FileNotFoundError, match=r"^sd3/typo: no such file or folder \(the SD 3 pipeline"):
         app.load_models(demo_arguments("--sd15", "sd15", "--sd3", "sd3/typo", *encoder))  # `sd3/` is a folder here
     monkeypatch.setenv("LONGCLIP_ENCODER", str(tmp_path / "long.pt"))
     with pytest.raises(FileNotFoundError, match="the SD 1.5 Long-CLIP encoder, from --long-encoder or LONGCLIP_ENC"):
