@@ -11,6 +11,7 @@ import gradio as gr
 import open_clip
 import pytest
 import torch
+from helpers.common import LogRecords
 from PIL import Image
 
 from longclip_diffusers import LongCLIPTokenizer, tiny
@@ -364,18 +365,9 @@ def test_a_refused_request_clears_the_last_result_and_says_why_once(tiny_models,
     assert refused[-1].startswith(message)
 
 
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
 def test_a_long_prompt_logs_no_indexing_errors_and_no_huge_lines(tiny_models, monkeypatch):
     pair = tiny_models.pair("SD 1.5")
-    records = _Records()
+    records = LogRecords()
     names = ("transformers.tokenization_utils_base", type(pair.stock).__module__)
     for name in names:
         monkeypatch.setattr(logging.getLogger(name), "handlers", [records])

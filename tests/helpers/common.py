@@ -5,6 +5,7 @@ Nothing here reaches a model hub.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -102,3 +103,14 @@ def module_files(root: Path = REPO_ROOT) -> dict[str, Path]:
             parts = parts[:-1] if parts[-1] == "__init__" else parts
             modules[".".join((package, *parts))] = path
     return modules
+
+
+class LogRecords(logging.Handler):
+    """A logging handler that keeps the messages it is given (`logger.handlers = [records]`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())

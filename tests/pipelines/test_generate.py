@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers.common import LogRecords
 from helpers.pipelines import HEAD, PAST_248, TAIL_A
 from PIL import Image
 
@@ -300,17 +301,8 @@ def test_a_run_prints_no_noise_on_stderr(tiny_components, tmp_path):
     assert [line for line in lines if line and not _PROGRESS_BAR.match(line)] == []
 
 
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
 def test_float32_warnings_are_dropped_only_when_they_name_no_module(tiny_components, monkeypatch):
-    records = _Records()
+    records = LogRecords()
     modeling_logger = logging.getLogger("diffusers.models.modeling_utils")
     monkeypatch.setattr(modeling_logger, "handlers", [records])
     # bfloat16 on the CPU takes the path a GPU takes: from_pipe, then .to(device, dtype)
