@@ -80,13 +80,19 @@ class LongPromptEncoding:
                 )
         return specs
 
-    def _check_denoiser_width(self, width: int, name: str, expected: int | None, reads: str) -> None:
-        """Refuse text encoders whose conditioning is not as wide as the denoiser reads it."""
-        if expected is not None and width != expected:
-            raise ValueError(
-                f"{name} gives {width}-wide conditioning but this {type(self).__name__}'s denoiser reads {reads} "
-                f"{expected} wide; use text encoders of the same model (a Long-CLIP of the width it replaces)."
-            )
+    def _check_denoiser_width(self, widths: dict[str, int], expected: object, reads: str) -> None:
+        """Refuse text encoders whose conditioning, side by side, is not as wide as the denoiser reads it: `widths`
+        by component, the one to blame first (the others' widths are named in the message)."""
+        if not isinstance(expected, int) or sum(widths.values()) == expected:
+            return
+        (name, width), *others = widths.items()
+        share = "".join(f", {other_width} of it from {other}" for other, other_width in others)
+        should = f" (so {expected - sum(w for _, w in others)} from {name})" if others else ""
+        raise ValueError(
+            f"{name} gives {width}-wide conditioning but this {type(self).__name__}'s denoiser reads {reads} "
+            f"{expected} wide{share}{should}; use text encoders of the same model (a Long-CLIP of the width it "
+            "replaces)."
+        )
 
     def _prompt_options(self, device, split_at: int | None = None, min_windows: int = 1) -> PromptOptions:
         config = self.config
@@ -109,9 +115,8 @@ class StableDiffusionPromptEncoding(LongPromptEncoding):
         super()._check_text_components()
         unet = getattr(self, "unet", None)
         if self.text_encoder is not None and unet is not None:
-            width = self.text_encoder.config.hidden_size
-            expected = unet.config.cross_attention_dim
-            self._check_denoiser_width(width, "text_encoder", expected if isinstance(expected, int) else None, "text")
+            widths = {"text_encoder": self.text_encoder.config.hidden_size}
+            self._check_denoiser_width(widths, unet.config.cross_attention_dim, "text")
 
     def encode_prompt(
         self,
@@ -177,6 +182,23 @@ class StableDiffusionXLPromptEncoding(LongPromptEncoding):
     """`encode_prompt` of SDXL pipelines (the refiner too: `text_encoder_2` alone)."""
 
     family = FAMILIES["sdxl"]
+
+    def _check_text_components(self) -> None:
+        super()._check_text_components()
+        unet = getattr(self, "unet", None)
+        encoders = {name: getattr(self, name, None) for name in ("text_encoder", "text_encoder_2")}
+        widths = {name: encoder.config.hidden_size for name, encoder in encoders.items() if encoder is not None}
+        if unet is None or not widths:
+            return
+        big_g = encoders["text_encoder_2"]
+        if big_g is not None:  # bigG's pooled text_embeds follow the size/crop ids (5 with an aesthetic score)
+            time_ids = 5 if getattr(self.config, "requires_aesthetics_score", False) else 6
+            time_width = getattr(unet.config, "addition_time_embed_dim", None)
+            added = getattr(unet.config, "projection_class_embeddings_input_dim", None)
+            if isinstance(time_width, int) and isinstance(added, int):
+                pooled = {"text_encoder_2": big_g.config.projection_dim}
+                self._check_denoiser_width(pooled, added - time_ids * time_width, "bigG's pooled text_embeds")
+        self._check_denoiser_width(widths, getattr(unet.config, "cross_attention_dim", None), "text")
 
     def encode_prompt(
         self,
@@ -277,6 +299,19 @@ class StableDiffusion3PromptEncoding(LongPromptEncoding):
     """`encode_prompt` of SD 3 / 3.5 pipelines."""
 
     family = FAMILIES["sd3"]
+
+    def _check_text_components(self) -> None:
+        super()._check_text_components()
+        transformer = getattr(self, "transformer", None)
+        if transformer is None:
+            return
+        clips = {name: getattr(self, name, None) for name in ("text_encoder", "text_encoder_2")}
+        if all(encoder is not None for encoder in clips.values()):  # CLIP-L's and bigG's projections side by side
+            pooled = {name: encoder.config.projection_dim for name, encoder in clips.items()}
+            self._check_denoiser_width(pooled, transformer.config.pooled_projection_dim, "the pooled vector")
+        if self.text_encoder_3 is not None:
+            t5 = {"text_encoder_3": self.text_encoder_3.config.d_model}
+            self._check_denoiser_width(t5, transformer.config.joint_attention_dim, "T5's states")
 
     def encode_prompt(
         self,
@@ -383,9 +418,8 @@ class FluxPromptEncoding(LongPromptEncoding):
         super()._check_text_components()
         transformer = getattr(self, "transformer", None)
         if self.text_encoder is not None and transformer is not None:
-            width = self.text_encoder.config.hidden_size
-            expected = transformer.config.pooled_projection_dim
-            self._check_denoiser_width(width, "text_encoder", expected, "CLIP-L's pooled vector")
+            widths = {"text_encoder": self.text_encoder.config.hidden_size}
+            self._check_denoiser_width(widths, transformer.config.pooled_projection_dim, "CLIP-L's pooled vector")
 
     def encode_prompt(
         self,
