@@ -70,11 +70,20 @@ def windows_in(embeds: torch.Tensor | None, window: int) -> int:
     return embeds.shape[1] // window
 
 
-def require_pooled(pooled: torch.Tensor | None, name: str, pooled_name: str) -> None:
-    """Refuse given embeddings `name` that come without their pooled vector `pooled_name`."""
+def require_pooled(
+    pooled: torch.Tensor | None, name: str, pooled_name: str, embeds: torch.Tensor, width: int | None
+) -> None:
+    """Refuse given embeddings `name` that come without their pooled vector `pooled_name`, or with one that is not
+    [batch of `embeds`, `width`] (its own width where None)."""
     if pooled is None:
         raise ValueError(
             f"`{name}` is given without `{pooled_name}`; pass both, as this pipeline's encode_prompt returns them."
+        )
+    expected = [embeds.shape[0], width or pooled.shape[-1]]
+    if list(pooled.shape) != expected:
+        raise ValueError(
+            f"{pooled_name} has shape {list(pooled.shape)}; give it as {expected} (one pooled vector per prompt of "
+            f"`{name}`), as this pipeline's encode_prompt returns it."
         )
 
 

@@ -94,6 +94,11 @@ class LongPromptEncoding:
             "replaces)."
         )
 
+    def _pooled_width(self) -> int | None:
+        """The width of the pooled vector the transformer reads (None for a pipeline without one, as Flux Redux)."""
+        transformer = getattr(self, "transformer", None)
+        return None if transformer is None else transformer.config.pooled_projection_dim
+
     def _prompt_options(self, device, split_at: int | None = None, min_windows: int = 1) -> PromptOptions:
         config = self.config
         return PromptOptions(
@@ -308,7 +313,7 @@ class StableDiffusion3PromptEncoding(LongPromptEncoding):
         clips = {name: getattr(self, name, None) for name in ("text_encoder", "text_encoder_2")}
         if all(encoder is not None for encoder in clips.values()):  # CLIP-L's and bigG's projections side by side
             pooled = {name: encoder.config.projection_dim for name, encoder in clips.items()}
-            self._check_denoiser_width(pooled, transformer.config.pooled_projection_dim, "the pooled vector")
+            self._check_denoiser_width(pooled, self._pooled_width(), "the pooled vector")
         if self.text_encoder_3 is not None:
             t5 = {"text_encoder_3": self.text_encoder_3.config.d_model}
             self._check_denoiser_width(t5, transformer.config.joint_attention_dim, "T5's states")
@@ -343,12 +348,19 @@ class StableDiffusion3PromptEncoding(LongPromptEncoding):
             prompts_3 = paired_prompt_list(prompt_3, prompts, "prompt_3")
             batch_size = len(prompts)
         else:
-            require_pooled(pooled_prompt_embeds, "prompt_embeds", "pooled_prompt_embeds")
+            pooled_width = self._pooled_width()
+            require_pooled(pooled_prompt_embeds, "prompt_embeds", "pooled_prompt_embeds", prompt_embeds, pooled_width)
             prompts, prompts_2, prompts_3 = [], [], []
             batch_size = prompt_embeds.shape[0]
         need_negative = do_classifier_free_guidance and negative_prompt_embeds is None
         if do_classifier_free_guidance and not need_negative:
-            require_pooled(negative_pooled_prompt_embeds, "negative_prompt_embeds", "negative_pooled_prompt_embeds")
+            require_pooled(
+                negative_pooled_prompt_embeds,
+                "negative_prompt_embeds",
+                "negative_pooled_prompt_embeds",
+                negative_prompt_embeds,
+                self._pooled_width(),
+            )
         negatives, negatives_2, negatives_3 = [], [], []
         if need_negative:
             negatives = negative_prompt_list(negative_prompt, batch_size)
@@ -416,10 +428,9 @@ class FluxPromptEncoding(LongPromptEncoding):
 
     def _check_text_components(self) -> None:
         super()._check_text_components()
-        transformer = getattr(self, "transformer", None)
-        if self.text_encoder is not None and transformer is not None:
+        if self.text_encoder is not None:
             widths = {"text_encoder": self.text_encoder.config.hidden_size}
-            self._check_denoiser_width(widths, transformer.config.pooled_projection_dim, "CLIP-L's pooled vector")
+            self._check_denoiser_width(widths, self._pooled_width(), "CLIP-L's pooled vector")
 
     def encode_prompt(
         self,
@@ -443,7 +454,8 @@ class FluxPromptEncoding(LongPromptEncoding):
             prompts_2 = paired_prompt_list(prompt_2, prompts, "prompt_2")
             self._check_text_components()
         else:
-            require_pooled(pooled_prompt_embeds, "prompt_embeds", "pooled_prompt_embeds")
+            pooled_width = self._pooled_width()
+            require_pooled(pooled_prompt_embeds, "prompt_embeds", "pooled_prompt_embeds", prompt_embeds, pooled_width)
 
         # 2. LoRA scale on both text encoders, as the stock pipeline applies it
         text_encoders = [te for te in (self.text_encoder, self.text_encoder_2) if te is not None]
