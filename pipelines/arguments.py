@@ -46,6 +46,12 @@ def paired_prompt_list(prompt: str | Sequence[str] | None, prompts: list[str], n
     return paired
 
 
+def input_names(name: str, count: int) -> list[str]:
+    """How a warning names each of `count` prompts of the argument `name`: "`prompt_3`", or "`prompt_3[1]`" in a
+    batch."""
+    return [f"`{name}`"] if count == 1 else [f"`{name}[{index}]`" for index in range(count)]
+
+
 def _describe(value: object) -> str:
     if isinstance(value, (list, tuple)):
         kinds = sorted({type(item).__name__ for item in value})

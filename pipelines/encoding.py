@@ -36,6 +36,7 @@ from longclip_diffusers.tokenizer import check_pair
 from .arguments import (
     as_prompt_list,
     has_added_tokens,
+    input_names,
     negative_prompt_list,
     paired_prompt_list,
     repeat_per_image,
@@ -395,6 +396,8 @@ class StableDiffusion3PromptEncoding(LongPromptEncoding):
                 max_sequence_length=max_sequence_length,
                 t5_width=self.transformer.config.joint_attention_dim if self.text_encoder_3 is None else None,
                 options=self._prompt_options(device, split_at, min_windows),
+                names_3=input_names("prompt_3" if prompt_3 else "prompt", len(prompts_3))
+                + input_names("negative_prompt_3" if negative_prompt_3 else "negative_prompt", len(negatives_3)),
             )
             if prompt_embeds is None:
                 prompt_embeds, pooled_prompt_embeds = embeds[:batch_size], pooled[:batch_size]
