@@ -19,7 +19,7 @@ from diffusers.loaders import (
 from diffusers.models.lora import adjust_lora_scale_text_encoder
 from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_layers
 
-from longclip_diffusers.families import FAMILIES, Family
+from longclip_diffusers.families import FAMILIES, Family, family_running
 from longclip_diffusers.prompts import (
     PromptOptions,
     TextEncoderSpec,
@@ -49,6 +49,23 @@ class LongPromptEncoding:
     """What every Long-CLIP pipeline shares: its family, its long-prompt settings and the text-component checks."""
 
     family: Family
+
+    @classmethod
+    def load_config(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """diffusers' `load_config`, refusing the folder of another family's pipeline (the class to use named)."""
+        loaded = super().load_config(pretrained_model_name_or_path, *args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        class_name = config.get("_class_name")
+        class_name = class_name[-1] if isinstance(class_name, list) else class_name  # [module, class]: custom
+        stock = class_name.removeprefix("LongCLIP") if isinstance(class_name, str) else None
+        folder_family = family_running(stock) if stock else None
+        if folder_family is not None and folder_family.stock_pipeline != cls.family.stock_pipeline:
+            raise ValueError(
+                f"{pretrained_model_name_or_path} is a pipeline folder of {folder_family.name} ({class_name}), not of "
+                f"{cls.family.name} ({cls.family.stock_pipeline}) as {cls.__name__} needs; load it with "
+                f"LongCLIP{stock}.from_pretrained(...) from longclip_diffusers.pipelines."
+            )
+        return loaded
 
     def _register_long_prompt_config(self, **settings) -> None:
         """Check and record `long_prompt_strategy`, `prompt_weighting`, `max_prompt_windows` (those given)."""

@@ -340,10 +340,12 @@ def test_sd3_t5_warning_names_the_input_that_was_cut(long_pipeline, caplog, kwar
 
 
 def test_a_pipeline_class_on_another_familys_folder_names_the_class_to_use(tiny_components):
-    with pytest.raises(
-        ValueError,
-        match=r"is an SD 3 pipeline folder \(StableDiffusion3Pipeline\).*"
-        r"LongCLIPStableDiffusion3Pipeline\.from_pretrained",
-    ) as refused:
+    message = (
+        r"sd3 is a pipeline folder of SD 3 \(StableDiffusion3Pipeline\), not of Flux.1 \(FluxPipeline\) as "
+        r"LongCLIPFluxPipeline needs; load it with LongCLIPStableDiffusion3Pipeline\.from_pretrained"
+    )
+    with pytest.raises(ValueError, match=message) as refused:
         long_class("flux").from_pretrained(tiny_components / "sd3")
     assert "\n" not in str(refused.value)
+    with pytest.raises(ValueError, match=r"of SDXL \(StableDiffusionXLPipeline\), not of SD 3 .* load it with "):
+        long_class("sd3").from_pretrained(tiny_components / "sdxl")
