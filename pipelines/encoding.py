@@ -213,15 +213,18 @@ class StableDiffusionXLPromptEncoding(LongPromptEncoding):
         widths = {name: encoder.config.hidden_size for name, encoder in encoders.items() if encoder is not None}
         if unet is None or not widths:
             return
+        cross_attention_dim = getattr(unet.config, "cross_attention_dim", None)
         big_g = encoders["text_encoder_2"]
-        if big_g is not None:  # bigG's pooled text_embeds follow the size/crop ids (5 with an aesthetic score)
+        if big_g is not None and cross_attention_dim != sum(widths.values()):
+            # which one is wrong: bigG when its pooled text_embeds, after the size/crop ids (5 with an aesthetic
+            # score), do not fit the UNet either
             time_ids = 5 if getattr(self.config, "requires_aesthetics_score", False) else 6
             time_width = getattr(unet.config, "addition_time_embed_dim", None)
             added = getattr(unet.config, "projection_class_embeddings_input_dim", None)
             if isinstance(time_width, int) and isinstance(added, int):
                 pooled = {"text_encoder_2": big_g.config.projection_dim}
                 self._check_denoiser_width(pooled, added - time_ids * time_width, "bigG's pooled text_embeds")
-        self._check_denoiser_width(widths, getattr(unet.config, "cross_attention_dim", None), "text")
+        self._check_denoiser_width(widths, cross_attention_dim, "text")
 
     def encode_prompt(
         self,
