@@ -504,6 +504,7 @@ class FluxPromptEncoding(LongPromptEncoding):
                 prompts_2=prompts_2,
                 max_sequence_length=max_sequence_length,
                 options=self._prompt_options(device),
+                names_2=input_names("prompt_2" if prompt_2 else "prompt", len(prompts_2)),
             )
 
         # 4. Device and one copy per image, as the stock pipeline does

@@ -111,12 +111,14 @@ def encode_flux_prompts(
     prompts_2: Sequence[str] | None = None,
     max_sequence_length: int = 512,
     options: PromptOptions = DEFAULT_OPTIONS,
+    names_2: Sequence[str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Flux conditioning: T5's states of `prompts_2` (default `prompts`) [B, max_sequence_length, D]
-    (`encode_t5_prompts`) and CLIP-L's pooled vector of `prompts` [B, E] (`encode_pooled_prompts`)."""
+    (`encode_t5_prompts`; `names_2` names its inputs in its warning of a cut prompt) and CLIP-L's pooled vector of
+    `prompts` [B, E] (`encode_pooled_prompts`)."""
     flux = FAMILIES["flux"]
     check_projection(flux, flux.encoders[0], clip_encoder)
     t5_prompts = prompts_2 if prompts_2 is not None else prompts
-    t5_hidden = encode_t5_prompts(t5_prompts, t5_encoder, t5_tokenizer, max_sequence_length, options)
+    t5_hidden = encode_t5_prompts(t5_prompts, t5_encoder, t5_tokenizer, max_sequence_length, options, names_2)
     pooled = encode_pooled_prompts(prompts, clip_encoder, clip_tokenizer, options)
     return t5_hidden, pooled

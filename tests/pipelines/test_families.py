@@ -323,18 +323,20 @@ def test_a_pooled_vector_of_the_wrong_shape_gets_one_line(long_pipeline, family)
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "name"),
+    ("family", "kwargs", "name"),
     [
-        ({"prompt": "a lighthouse", "prompt_3": HEAD + PAST_248}, "prompt_3"),
-        ({"prompt": "a lighthouse", "negative_prompt": HEAD + PAST_248}, "negative_prompt"),
-        ({"prompt": HEAD + PAST_248}, "prompt"),
+        ("sd3", {"prompt": "a lighthouse", "prompt_3": HEAD + PAST_248}, "prompt_3"),
+        ("sd3", {"prompt": "a lighthouse", "negative_prompt": HEAD + PAST_248}, "negative_prompt"),
+        ("sd3", {"prompt": HEAD + PAST_248}, "prompt"),
+        ("sd3", {"prompt": ["a boat", "a lighthouse"], "prompt_3": ["a boat", HEAD + PAST_248]}, "prompt_3[1]"),
+        ("flux", {"prompt": "a lighthouse", "prompt_2": HEAD + PAST_248, "max_sequence_length": 256}, "prompt_2"),
     ],
 )
-def test_sd3_t5_warning_names_the_input_that_was_cut(long_pipeline, caplog, kwargs, name):
+def test_t5_warning_names_the_input_that_was_cut(long_pipeline, caplog, family, kwargs, name):
     import logging
 
     with caplog.at_level(logging.WARNING, logger="longclip_diffusers.prompts"):
-        long_pipeline("sd3").encode_prompt(**kwargs, prompt_2=None, device="cpu")
+        long_pipeline(family).encode_prompt(**{"prompt_2": None, **kwargs}, device="cpu")
     assert f"`{name}` is longer than the 256 tokens T5 reads" in caplog.text
     assert caplog.text.count("T5 does not see") == 1
 
