@@ -335,8 +335,9 @@ class StableDiffusion3PromptEncoding(LongPromptEncoding):
         if all(encoder is not None for encoder in clips.values()):  # CLIP-L's and bigG's projections side by side
             pooled = {name: encoder.config.projection_dim for name, encoder in clips.items()}
             self._check_denoiser_width(pooled, self._pooled_width(), "the pooled vector")
-        if self.text_encoder_3 is not None:
-            t5 = {"text_encoder_3": self.text_encoder_3.config.d_model}
+        t5_encoder = getattr(self, "text_encoder_3", None)
+        if t5_encoder is not None:
+            t5 = {"text_encoder_3": t5_encoder.config.d_model}
             self._check_denoiser_width(t5, transformer.config.joint_attention_dim, "T5's states")
 
     def encode_prompt(
