@@ -46,6 +46,12 @@ def paired_prompt_list(prompt: str | Sequence[str] | None, prompts: list[str], n
     return paired
 
 
+def input_names(name: str, count: int) -> list[str]:
+    """How a warning names each of `count` prompts of the argument `name`: "`prompt_3`", or "`prompt_3[1]`" in a
+    batch."""
+    return [f"`{name}`"] if count == 1 else [f"`{name}[{index}]`" for index in range(count)]
+
+
 def _describe(value: object) -> str:
     if isinstance(value, (list, tuple)):
         kinds = sorted({type(item).__name__ for item in value})
@@ -70,11 +76,20 @@ def windows_in(embeds: torch.Tensor | None, window: int) -> int:
     return embeds.shape[1] // window
 
 
-def require_pooled(pooled: torch.Tensor | None, name: str, pooled_name: str) -> None:
-    """Refuse given embeddings `name` that come without their pooled vector `pooled_name`."""
+def require_pooled(
+    pooled: torch.Tensor | None, name: str, pooled_name: str, embeds: torch.Tensor, width: int | None
+) -> None:
+    """Refuse given embeddings `name` that come without their pooled vector `pooled_name`, or with one that is not
+    [batch of `embeds`, `width`] (its own width where None)."""
     if pooled is None:
         raise ValueError(
             f"`{name}` is given without `{pooled_name}`; pass both, as this pipeline's encode_prompt returns them."
+        )
+    expected = [embeds.shape[0], width or pooled.shape[-1]]
+    if list(pooled.shape) != expected:
+        raise ValueError(
+            f"{pooled_name} has shape {list(pooled.shape)}; give it as {expected} (one pooled vector per prompt of "
+            f"`{name}`), as this pipeline's encode_prompt returns it."
         )
 
 

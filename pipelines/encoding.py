@@ -19,7 +19,7 @@ from diffusers.loaders import (
 from diffusers.models.lora import adjust_lora_scale_text_encoder
 from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_layers
 
-from longclip_diffusers.families import FAMILIES, Family
+from longclip_diffusers.families import FAMILIES, Family, family_running
 from longclip_diffusers.prompts import (
     PromptOptions,
     TextEncoderSpec,
@@ -36,6 +36,7 @@ from longclip_diffusers.tokenizer import check_pair
 from .arguments import (
     as_prompt_list,
     has_added_tokens,
+    input_names,
     negative_prompt_list,
     paired_prompt_list,
     repeat_per_image,
@@ -48,6 +49,23 @@ class LongPromptEncoding:
     """What every Long-CLIP pipeline shares: its family, its long-prompt settings and the text-component checks."""
 
     family: Family
+
+    @classmethod
+    def load_config(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """diffusers' `load_config`, refusing the folder of another family's pipeline (the class to use named)."""
+        loaded = super().load_config(pretrained_model_name_or_path, *args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        class_name = config.get("_class_name")
+        class_name = class_name[-1] if isinstance(class_name, list) else class_name  # [module, class]: custom
+        stock = class_name.removeprefix("LongCLIP") if isinstance(class_name, str) else None
+        folder_family = family_running(stock) if stock else None
+        if folder_family is not None and folder_family.stock_pipeline != cls.family.stock_pipeline:
+            raise ValueError(
+                f"{pretrained_model_name_or_path} is a pipeline folder of {folder_family.name} ({class_name}), not of "
+                f"{cls.family.name} ({cls.family.stock_pipeline}) as {cls.__name__} needs; load it with "
+                f"LongCLIP{stock}.from_pretrained(...) from longclip_diffusers.pipelines."
+            )
+        return loaded
 
     def _register_long_prompt_config(self, **settings) -> None:
         """Check and record `long_prompt_strategy`, `prompt_weighting`, `max_prompt_windows` (those given)."""
@@ -80,13 +98,24 @@ class LongPromptEncoding:
                 )
         return specs
 
-    def _check_denoiser_width(self, width: int, name: str, expected: int | None, reads: str) -> None:
-        """Refuse text encoders whose conditioning is not as wide as the denoiser reads it."""
-        if expected is not None and width != expected:
-            raise ValueError(
-                f"{name} gives {width}-wide conditioning but this {type(self).__name__}'s denoiser reads {reads} "
-                f"{expected} wide; use text encoders of the same model (a Long-CLIP of the width it replaces)."
-            )
+    def _check_denoiser_width(self, widths: dict[str, int], expected: object, reads: str) -> None:
+        """Refuse text encoders whose conditioning, side by side, is not as wide as the denoiser reads it: `widths`
+        by component, the one to blame first (the others' widths are named in the message)."""
+        if not isinstance(expected, int) or sum(widths.values()) == expected:
+            return
+        (name, width), *others = widths.items()
+        share = "".join(f", {other_width} of it from {other}" for other, other_width in others)
+        should = f" (so {expected - sum(w for _, w in others)} from {name})" if others else ""
+        raise ValueError(
+            f"{name} gives {width}-wide conditioning but this {type(self).__name__}'s denoiser reads {reads} "
+            f"{expected} wide{share}{should}; use text encoders of the same model (a Long-CLIP of the width it "
+            "replaces)."
+        )
+
+    def _pooled_width(self) -> int | None:
+        """The width of the pooled vector the transformer reads (None for a pipeline without one, as Flux Redux)."""
+        transformer = getattr(self, "transformer", None)
+        return None if transformer is None else transformer.config.pooled_projection_dim
 
     def _prompt_options(self, device, split_at: int | None = None, min_windows: int = 1) -> PromptOptions:
         config = self.config
@@ -109,9 +138,8 @@ class StableDiffusionPromptEncoding(LongPromptEncoding):
         super()._check_text_components()
         unet = getattr(self, "unet", None)
         if self.text_encoder is not None and unet is not None:
-            width = self.text_encoder.config.hidden_size
-            expected = unet.config.cross_attention_dim
-            self._check_denoiser_width(width, "text_encoder", expected if isinstance(expected, int) else None, "text")
+            widths = {"text_encoder": self.text_encoder.config.hidden_size}
+            self._check_denoiser_width(widths, unet.config.cross_attention_dim, "text")
 
     def encode_prompt(
         self,
@@ -177,6 +205,26 @@ class StableDiffusionXLPromptEncoding(LongPromptEncoding):
     """`encode_prompt` of SDXL pipelines (the refiner too: `text_encoder_2` alone)."""
 
     family = FAMILIES["sdxl"]
+
+    def _check_text_components(self) -> None:
+        super()._check_text_components()
+        unet = getattr(self, "unet", None)
+        encoders = {name: getattr(self, name, None) for name in ("text_encoder", "text_encoder_2")}
+        widths = {name: encoder.config.hidden_size for name, encoder in encoders.items() if encoder is not None}
+        if unet is None or not widths:
+            return
+        cross_attention_dim = getattr(unet.config, "cross_attention_dim", None)
+        big_g = encoders["text_encoder_2"]
+        if big_g is not None and cross_attention_dim != sum(widths.values()):
+            # which one is wrong: bigG when its pooled text_embeds, after the size/crop ids (5 with an aesthetic
+            # score), do not fit the UNet either
+            time_ids = 5 if getattr(self.config, "requires_aesthetics_score", False) else 6
+            time_width = getattr(unet.config, "addition_time_embed_dim", None)
+            added = getattr(unet.config, "projection_class_embeddings_input_dim", None)
+            if isinstance(time_width, int) and isinstance(added, int):
+                pooled = {"text_encoder_2": big_g.config.projection_dim}
+                self._check_denoiser_width(pooled, added - time_ids * time_width, "bigG's pooled text_embeds")
+        self._check_denoiser_width(widths, cross_attention_dim, "text")
 
     def encode_prompt(
         self,
@@ -278,6 +326,20 @@ class StableDiffusion3PromptEncoding(LongPromptEncoding):
 
     family = FAMILIES["sd3"]
 
+    def _check_text_components(self) -> None:
+        super()._check_text_components()
+        transformer = getattr(self, "transformer", None)
+        if transformer is None:
+            return
+        clips = {name: getattr(self, name, None) for name in ("text_encoder", "text_encoder_2")}
+        if all(encoder is not None for encoder in clips.values()):  # CLIP-L's and bigG's projections side by side
+            pooled = {name: encoder.config.projection_dim for name, encoder in clips.items()}
+            self._check_denoiser_width(pooled, self._pooled_width(), "the pooled vector")
+        t5_encoder = getattr(self, "text_encoder_3", None)
+        if t5_encoder is not None:
+            t5 = {"text_encoder_3": t5_encoder.config.d_model}
+            self._check_denoiser_width(t5, transformer.config.joint_attention_dim, "T5's states")
+
     def encode_prompt(
         self,
         prompt: str | list[str],
@@ -308,12 +370,19 @@ class StableDiffusion3PromptEncoding(LongPromptEncoding):
             prompts_3 = paired_prompt_list(prompt_3, prompts, "prompt_3")
             batch_size = len(prompts)
         else:
-            require_pooled(pooled_prompt_embeds, "prompt_embeds", "pooled_prompt_embeds")
+            pooled_width = self._pooled_width()
+            require_pooled(pooled_prompt_embeds, "prompt_embeds", "pooled_prompt_embeds", prompt_embeds, pooled_width)
             prompts, prompts_2, prompts_3 = [], [], []
             batch_size = prompt_embeds.shape[0]
         need_negative = do_classifier_free_guidance and negative_prompt_embeds is None
         if do_classifier_free_guidance and not need_negative:
-            require_pooled(negative_pooled_prompt_embeds, "negative_prompt_embeds", "negative_pooled_prompt_embeds")
+            require_pooled(
+                negative_pooled_prompt_embeds,
+                "negative_prompt_embeds",
+                "negative_pooled_prompt_embeds",
+                negative_prompt_embeds,
+                self._pooled_width(),
+            )
         negatives, negatives_2, negatives_3 = [], [], []
         if need_negative:
             negatives = negative_prompt_list(negative_prompt, batch_size)
@@ -348,6 +417,8 @@ class StableDiffusion3PromptEncoding(LongPromptEncoding):
                 max_sequence_length=max_sequence_length,
                 t5_width=self.transformer.config.joint_attention_dim if self.text_encoder_3 is None else None,
                 options=self._prompt_options(device, split_at, min_windows),
+                names_3=input_names("prompt_3" if prompt_3 else "prompt", len(prompts_3))
+                + input_names("negative_prompt_3" if negative_prompt_3 else "negative_prompt", len(negatives_3)),
             )
             if prompt_embeds is None:
                 prompt_embeds, pooled_prompt_embeds = embeds[:batch_size], pooled[:batch_size]
@@ -381,11 +452,9 @@ class FluxPromptEncoding(LongPromptEncoding):
 
     def _check_text_components(self) -> None:
         super()._check_text_components()
-        transformer = getattr(self, "transformer", None)
-        if self.text_encoder is not None and transformer is not None:
-            width = self.text_encoder.config.hidden_size
-            expected = transformer.config.pooled_projection_dim
-            self._check_denoiser_width(width, "text_encoder", expected, "CLIP-L's pooled vector")
+        if self.text_encoder is not None:
+            widths = {"text_encoder": self.text_encoder.config.hidden_size}
+            self._check_denoiser_width(widths, self._pooled_width(), "CLIP-L's pooled vector")
 
     def encode_prompt(
         self,
@@ -409,7 +478,8 @@ class FluxPromptEncoding(LongPromptEncoding):
             prompts_2 = paired_prompt_list(prompt_2, prompts, "prompt_2")
             self._check_text_components()
         else:
-            require_pooled(pooled_prompt_embeds, "prompt_embeds", "pooled_prompt_embeds")
+            pooled_width = self._pooled_width()
+            require_pooled(pooled_prompt_embeds, "prompt_embeds", "pooled_prompt_embeds", prompt_embeds, pooled_width)
 
         # 2. LoRA scale on both text encoders, as the stock pipeline applies it
         text_encoders = [te for te in (self.text_encoder, self.text_encoder_2) if te is not None]
@@ -435,6 +505,7 @@ class FluxPromptEncoding(LongPromptEncoding):
                 prompts_2=prompts_2,
                 max_sequence_length=max_sequence_length,
                 options=self._prompt_options(device),
+                names_2=input_names("prompt_2" if prompt_2 else "prompt", len(prompts_2)),
             )
 
         # 4. Device and one copy per image, as the stock pipeline does

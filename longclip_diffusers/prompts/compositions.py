@@ -70,6 +70,7 @@ def encode_sd3_prompts(
     max_sequence_length: int = 256,
     t5_width: int | None = None,
     options: PromptOptions = DEFAULT_OPTIONS,
+    names_3: Sequence[str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SD 3 conditioning [B, windows * T + max_sequence_length, T5 width] and pooled vector [B, sum of E].
 
@@ -77,7 +78,7 @@ def encode_sd3_prompts(
     `prompts_2`: windows, bigG aligned token for token) concatenated on the feature axis and zero-padded to T5's
     width, then T5's states of `prompts_3` (`encode_t5_prompts`) on the sequence axis; pooled: both encoders' text
     projections of the first window, concatenated. Without T5 (`t5_encoder=None`), its part is zeros of width
-    `t5_width`, as the stock pipeline gives.
+    `t5_width`, as the stock pipeline gives. `names_3` names T5's inputs in its warning of a cut prompt.
     """
     sd3 = FAMILIES["sd3"]
     for spec, role in zip(clip_encoders, sd3.clip_encoders, strict=False):
@@ -89,7 +90,7 @@ def encode_sd3_prompts(
         t5_hidden = clip_hidden.new_zeros(len(prompts), max_sequence_length, t5_width)
     else:
         t5_prompts = prompts_3 if prompts_3 is not None else prompts
-        t5_hidden = encode_t5_prompts(t5_prompts, t5_encoder, t5_tokenizer, max_sequence_length, options)
+        t5_hidden = encode_t5_prompts(t5_prompts, t5_encoder, t5_tokenizer, max_sequence_length, options, names_3)
     padding = t5_hidden.shape[-1] - clip_hidden.shape[-1]
     if padding < 0:
         raise ValueError(
@@ -110,12 +111,14 @@ def encode_flux_prompts(
     prompts_2: Sequence[str] | None = None,
     max_sequence_length: int = 512,
     options: PromptOptions = DEFAULT_OPTIONS,
+    names_2: Sequence[str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Flux conditioning: T5's states of `prompts_2` (default `prompts`) [B, max_sequence_length, D]
-    (`encode_t5_prompts`) and CLIP-L's pooled vector of `prompts` [B, E] (`encode_pooled_prompts`)."""
+    (`encode_t5_prompts`; `names_2` names its inputs in its warning of a cut prompt) and CLIP-L's pooled vector of
+    `prompts` [B, E] (`encode_pooled_prompts`)."""
     flux = FAMILIES["flux"]
     check_projection(flux, flux.encoders[0], clip_encoder)
     t5_prompts = prompts_2 if prompts_2 is not None else prompts
-    t5_hidden = encode_t5_prompts(t5_prompts, t5_encoder, t5_tokenizer, max_sequence_length, options)
+    t5_hidden = encode_t5_prompts(t5_prompts, t5_encoder, t5_tokenizer, max_sequence_length, options, names_2)
     pooled = encode_pooled_prompts(prompts, clip_encoder, clip_tokenizer, options)
     return t5_hidden, pooled

@@ -303,23 +303,27 @@ def encode_t5_prompts(
     tokenizer: PreTrainedTokenizerBase,
     max_length: int,
     options: PromptOptions = DEFAULT_OPTIONS,
+    names: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """T5's states [B, max_length, D] as SD 3 and Flux read them: the prompt's tokens, `</s>`, padding.
 
     Without weighting syntax the input ids are the stock pipelines' (`tokenizer(prompt, padding="max_length",
     max_length=max_length, truncation=True)`). With it, the syntax is parsed away, each token's state is scaled by
     its weight as CLIP's are (`apply_weights`), and `BREAK` only separates words. Tokens past `max_length - 1` are
-    dropped, with a warning naming them. Of `options`, `weighting`, `split_at` and `device` apply.
+    dropped, with a warning naming them and the input (`names`, one per prompt; "The prompt" by default). Of
+    `options`, `weighting`, `split_at` and `device` apply.
     """
     rows = torch.full((len(prompts), max_length), tokenizer.pad_token_id, dtype=torch.long)
     weights = torch.ones(len(prompts), max_length)
-    for row, row_weights, prompt in zip(rows, weights, prompts, strict=True):
+    names = names or ["The prompt"] * len(prompts)
+    for row, row_weights, prompt, name in zip(rows, weights, prompts, names, strict=True):
         segments = tokenize_weighted(prompt, tokenizer, options.weighting)
         ids = [token for segment_ids, _ in segments for token in segment_ids]
         token_weights = [weight for _, segment_weights in segments for weight in segment_weights]
         if len(ids) > max_length - 1:
             logger.warning(
-                "The prompt is longer than the %d tokens T5 reads (max_sequence_length); T5 does not see: %r",
+                "%s is longer than the %d tokens T5 reads (max_sequence_length); T5 does not see: %r",
+                name,
                 max_length,
                 tokenizer.decode(ids[max_length - 1 :]),
             )

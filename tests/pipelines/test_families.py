@@ -259,3 +259,95 @@ def test_a_text_encoder_of_the_wrong_width_is_refused_at_construction(stock_pipe
     wide = CLIPTextModel(type(stock.text_encoder.config).from_dict(config))
     with pytest.raises(ValueError, match="text_encoder gives 48-wide conditioning but this LongCLIP"):
         long_class(family).from_pipe(stock, text_encoder=wide)
+
+
+@pytest.mark.parametrize(
+    ("family", "component", "message"),
+    [
+        # SDXL's UNet reads both encoders' states side by side (32 + 32) and bigG's pooled text_embeds (32)
+        (
+            "sdxl",
+            "text_encoder",
+            r"text_encoder gives 48-wide conditioning but this \w+'s denoiser reads text 64 wide, "
+            r"32 of it from text_encoder_2 \(so 32 from text_encoder\); use text encoders of the same model",
+        ),
+        (
+            "sdxl",
+            "text_encoder_2",
+            r"text_encoder_2 gives 48-wide conditioning but this \w+'s denoiser reads bigG's "
+            r"pooled text_embeds 32 wide; use",
+        ),
+        # SD 3's transformer reads both CLIP projections side by side as its pooled vector (32 + 32)
+        (
+            "sd3",
+            "text_encoder",
+            r"text_encoder gives 48-wide conditioning but this \w+'s denoiser reads the pooled "
+            r"vector 64 wide, 32 of it from text_encoder_2 \(so 32 from text_encoder\); use",
+        ),
+    ],
+)
+def test_a_clip_of_the_wrong_width_is_refused_at_construction_with_both_widths(
+    stock_pipeline, family, component, message
+):
+    stock = stock_pipeline(family)
+    text_encoder = getattr(stock, component)
+    config = text_encoder.config.to_dict()
+    config.update(hidden_size=48, intermediate_size=64, projection_dim=48)
+    wide = type(text_encoder)(type(text_encoder.config).from_dict(config))
+    with pytest.raises(ValueError, match=message) as refused:
+        long_class(family).from_pipe(stock, **{component: wide})
+    assert "\n" not in str(refused.value)
+
+
+def test_a_t5_of_the_wrong_width_is_refused_for_sd3(stock_pipeline):
+    stock = stock_pipeline("sd3")
+    config = stock.text_encoder_3.config.to_dict()
+    config.update(d_model=48)
+    wide = type(stock.text_encoder_3)(type(stock.text_encoder_3.config).from_dict(config))
+    with pytest.raises(ValueError, match=r"text_encoder_3 gives 48-wide conditioning but .* reads T5's states 80 wide"):
+        long_class("sd3").from_pipe(stock, text_encoder_3=wide)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_a_pooled_vector_of_the_wrong_shape_gets_one_line(long_pipeline, family):
+    pipe = long_pipeline(family)
+    embeds, *rest = pipe.encode_prompt("a lighthouse", device="cpu", **({"prompt_2": None} if family == "flux" else {}))
+    pooled = rest[1] if family == "sd3" else rest[0]
+    width = pooled.shape[-1]
+    given = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled[:, None]}
+    if family == "sd3":
+        given.update(negative_prompt_embeds=rest[0], negative_pooled_prompt_embeds=rest[2])
+    message = rf"pooled_prompt_embeds has shape \[1, 1, {width}\]; give it as \[1, {width}\]"
+    with pytest.raises(ValueError, match=message):
+        pipe.encode_prompt(None, device="cpu", **given)
+
+
+@pytest.mark.parametrize(
+    ("family", "kwargs", "name"),
+    [
+        ("sd3", {"prompt": "a lighthouse", "prompt_3": HEAD + PAST_248}, "prompt_3"),
+        ("sd3", {"prompt": "a lighthouse", "negative_prompt": HEAD + PAST_248}, "negative_prompt"),
+        ("sd3", {"prompt": HEAD + PAST_248}, "prompt"),
+        ("sd3", {"prompt": ["a boat", "a lighthouse"], "prompt_3": ["a boat", HEAD + PAST_248]}, "prompt_3[1]"),
+        ("flux", {"prompt": "a lighthouse", "prompt_2": HEAD + PAST_248, "max_sequence_length": 256}, "prompt_2"),
+    ],
+)
+def test_t5_warning_names_the_input_that_was_cut(long_pipeline, caplog, family, kwargs, name):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="longclip_diffusers.prompts"):
+        long_pipeline(family).encode_prompt(**{"prompt_2": None, **kwargs}, device="cpu")
+    assert f"`{name}` is longer than the 256 tokens T5 reads" in caplog.text
+    assert caplog.text.count("T5 does not see") == 1
+
+
+def test_a_pipeline_class_on_another_familys_folder_names_the_class_to_use(tiny_components):
+    message = (
+        r"sd3 is a pipeline folder of SD 3 \(StableDiffusion3Pipeline\), not of Flux.1 \(FluxPipeline\) as "
+        r"LongCLIPFluxPipeline needs; load it with LongCLIPStableDiffusion3Pipeline\.from_pretrained"
+    )
+    with pytest.raises(ValueError, match=message) as refused:
+        long_class("flux").from_pretrained(tiny_components / "sd3")
+    assert "\n" not in str(refused.value)
+    with pytest.raises(ValueError, match=r"of SDXL \(StableDiffusionXLPipeline\), not of SD 3 .* load it with "):
+        long_class("sd3").from_pretrained(tiny_components / "sdxl")
