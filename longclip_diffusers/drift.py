@@ -40,6 +40,7 @@ from .convert import SD2_LAYERS
 from .drift_prompts import DRIFT_PROMPTS
 from .formats import Checkpoint, CheckpointError, load_checkpoint
 from .prompts import (
+    PromptOptions,
     TextEncoderSpec,
     encode_pooled_prompts,
     encode_windows_direct,
@@ -190,9 +191,8 @@ def read_family(
     """`encoder`'s conditioning as `family` reads it: per-token states [N, length, D] (None for Flux) and the
     pooled vector [N, E] it reads (None where it reads none). `token_ids` are `prompts` tokenized (no specials)."""
     if family == "flux":
-        return None, encode_pooled_prompts(
-            prompts, _pooler_model(encoder), encoder.tokenizer, weighting=False, device=device
-        )
+        options = PromptOptions(weighting=False, device=device)
+        return None, encode_pooled_prompts(prompts, _pooler_model(encoder), encoder.tokenizer, options)
     states, text_embeds = encode_windows_direct(family_spec(family, encoder), token_ids, length, device)
     return states, text_embeds if family in ("sdxl", "sd3") else None
 

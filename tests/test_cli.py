@@ -247,6 +247,7 @@ EVERY_COMMAND = {
     "convert",
     "stretch",
     "comfy-export",
+    "bake",
     "drift",
     "tiny",
     "generate",

@@ -458,8 +458,11 @@ def test_bigg_from_a_checkpoints_clip_equals_the_pipeline_with_that_bigg(loaded,
     (stretched,) = call(LongCLIPStretch, clip=clip, clip_type="clip_g", keep=20, ratio=4)
     assert as_is.num_positions == 77 and stretched.num_positions == 248 and stretched.has_projection
     for strategy, clip_g in (("chunk", as_is), ("stretch", as_is), ("chunk", stretched)):
-        pipe = LongCLIPStableDiffusionXLPipeline.from_pipe(
-            sdxl_pipe, text_encoder_2=big_g, long_prompt_strategy="stretch" if clip_g is stretched else strategy
+        pipe = LongCLIPStableDiffusionXLPipeline.from_pipe(  # encode-only: this bigG is wider than the tiny UNet reads
+            sdxl_pipe,
+            text_encoder_2=big_g,
+            unet=None,
+            long_prompt_strategy="stretch" if clip_g is stretched else strategy,
         )
         inputs = dict(long_clip=loaded["l"], clip_g=clip_g, text=LONG, strategy=strategy, **SIZES)
         cond, extras = cond_of(call(LongCLIPTextEncodeSDXL, **inputs)[0])
@@ -472,8 +475,11 @@ def test_long_clip_l_from_a_checkpoints_clip_equals_a_stretched_encoder(sd_pipe,
     clip_l = CLIPTextModel(openai_like_config(64)).eval()
     (long_clip,) = call(LongCLIPStretch, clip=FakeComfyCLIP(clip_l=clip_l), clip_type="clip_l", keep=20, ratio=4)
     assert long_clip.num_positions == 248 and not long_clip.has_projection
-    pipe = LongCLIPStableDiffusionPipeline.from_pipe(
-        sd_pipe, text_encoder=stretch_model(copy.deepcopy(clip_l)), tokenizer=LongCLIPTokenizer.from_clip_bpe()
+    pipe = LongCLIPStableDiffusionPipeline.from_pipe(  # encode-only: this CLIP-L is wider than the tiny UNet reads
+        sd_pipe,
+        text_encoder=stretch_model(copy.deepcopy(clip_l)),
+        tokenizer=LongCLIPTokenizer.from_clip_bpe(),
+        unet=None,
     )
     cond, _ = cond_of(call(LongCLIPTextEncode, long_clip=long_clip, text=LONG)[0])
     assert torch.equal(cond, pipe.encode_prompt(LONG, "cpu", 1, False)[0])
