@@ -72,6 +72,14 @@ def cached_flags(folder: Path, cache: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def assert_same_losses(cached: dict[int, float], live: dict[int, float]) -> None:
+    """Each step's loss to 1e-5, or to 2e-6 of it: float32 rounding, which the cached and the live image features
+    (computed in other batches) differ by in their last bits, grows over the steps (torch 2.14 on 2 CPU threads:
+    1.05e-5 at a loss of 13, 1.19e-5 at 6.6 in a 2-process run)."""
+    for step, loss in live.items():
+        assert abs(cached[step] - loss) <= max(1e-5, 2e-6 * abs(loss)), (step, cached[step], loss)
+
+
 def cached_run(folder: Path, output: Path, cache: Path, **overrides):
     return config_for(
         folder, output, pretrained=str(folder / "pretrained.safetensors"), image_features=str(cache), **overrides
@@ -188,8 +196,7 @@ def test_training_on_cached_features_matches_the_live_frozen_image_tower(data, c
 
     live_losses, cached_losses = losses_of(live), losses_of(cached)
     assert sorted(cached_losses) == sorted(live_losses) and len(live_losses) >= 4
-    for step, loss in live_losses.items():  # to 1e-5, or float32's rounding at a loss of ~13 (1e-6 of it)
-        assert abs(cached_losses[step] - loss) <= max(1e-5, 1e-6 * abs(loss)), (step, cached_losses[step], loss)
+    assert_same_losses(cached_losses, live_losses)
     last = f"checkpoints/step_{max(live_losses)}/model.safetensors"
     live_weights, cached_weights = load_file(live / last), load_file(cached / last)
     assert not any(key.startswith("clip.visual.") for key in cached_weights)
@@ -222,8 +229,7 @@ def test_mixed_precision_bf16_on_a_cache_made_in_bf16_matches_the_live_tower(dat
     train(cached_run(data, cached, bf16_cache, **flags))
     live_losses, cached_losses = losses_of(live), losses_of(cached)
     assert sorted(cached_losses) == sorted(live_losses)
-    for step, loss in live_losses.items():  # to 1e-5, or float32's rounding at a loss of ~13 (1e-6 of it)
-        assert abs(cached_losses[step] - loss) <= max(1e-5, 1e-6 * abs(loss)), (step, cached_losses[step], loss)
+    assert_same_losses(cached_losses, live_losses)
 
 
 def test_a_text_only_run_reads_its_cache_description_once(data, cache, tmp_path, monkeypatch):
@@ -279,8 +285,7 @@ def test_two_processes_cache_and_train_as_the_live_tower_does(data, cache, tmp_p
     launch(cached_args)
     live_losses, cached_losses = losses_of(tmp_path / "live"), losses_of(tmp_path / "cached")
     assert sorted(cached_losses) == sorted(live_losses) == list(range(1, 9))
-    for step, loss in live_losses.items():  # to 1e-5, or float32's rounding at a loss of ~13 (1e-6 of it)
-        assert abs(cached_losses[step] - loss) <= max(1e-5, 1e-6 * abs(loss)), (step, cached_losses[step], loss)
+    assert_same_losses(cached_losses, live_losses)
 
 
 # ----------------------------------------------------------------------------------------------------------
