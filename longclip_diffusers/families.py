@@ -41,7 +41,7 @@ class TextEncoderRole:
 
 
 @dataclass(frozen=True)
-class T5Reading:
+class T5Spec:
     """A family's T5: its tokenizer's component name, and the `max_sequence_length` the stock pipeline reads by
     default and at most."""
 
@@ -73,7 +73,7 @@ class Family:
     clip_activation: str  # the `hidden_act` of its first CLIP, which tells SD 1.x (CLIP-L) from SD 2.x (H)
     default_pipeline: str  # the Hub id offered when none is given
     tiny_builder: str  # the `longclip_diffusers.tiny` function building a tiny pipeline of it
-    t5: T5Reading | None = None
+    t5: T5Spec | None = None
     big_g_strategies: bool = False  # a bigG shorter than the windows reads them by "chunk" or "stretch"
     reads_negative: bool = True  # Flux.1's guidance is distilled: at its settings it reads no negative prompt
     window_limit: int | None = None  # the windows of the long CLIP it reads (Flux: the first, its pooled vector)
@@ -201,7 +201,7 @@ FAMILIES: dict[str, Family] = {
             clip_activation="quick_gelu",
             default_pipeline="stabilityai/stable-diffusion-3.5-medium",
             tiny_builder="tiny_sd3_pipeline",
-            t5=T5Reading("tokenizer_3", default_length=256, max_length=512),
+            t5=T5Spec("tokenizer_3", default_length=256, max_length=512),
             big_g_strategies=True,
             comfy=ComfyWorkflow("sd3.5_large.safetensors", 1024, 28, 4.5, "sgm_uniform"),
             variants=(
@@ -225,7 +225,7 @@ FAMILIES: dict[str, Family] = {
             clip_activation="quick_gelu",
             default_pipeline="black-forest-labs/FLUX.1-schnell",
             tiny_builder="tiny_flux_pipeline",
-            t5=T5Reading("tokenizer_2", default_length=512, max_length=512),
+            t5=T5Spec("tokenizer_2", default_length=512, max_length=512),
             reads_negative=False,
             window_limit=1,
             comfy=ComfyWorkflow("flux1-dev.safetensors", 1024, 20, 1.0, "simple"),
