@@ -102,8 +102,13 @@ def train_args(folder: Path, output: Path, **flags) -> list[str]:
         "train-data": folder / "train.jsonl", "model": folder / "tiny.json", "pretrained": "none", "output": output,
         "batch-size": 8, "epochs": 3, "warmup-steps": 2, "lr": "1e-3", "workers": 0, "save-every": 4, "log-every": 1,
     }  # fmt: skip
-    values.update({key.replace("_", "-"): value for key, value in flags.items()})
-    args = ["train"]
+    return command_line("train", values, flags)
+
+
+def command_line(command: str, values: dict, flags: dict) -> list[str]:
+    """`longclip COMMAND` with the options `values`, `flags` added or changed (`some_flag=True`: `--some-flag`)."""
+    values = {**values, **{key.replace("_", "-"): value for key, value in flags.items()}}
+    args = [command]
     for key, value in values.items():
         args += [f"--{key}"] if value is True else [f"--{key}", str(value)]
     return args

@@ -20,6 +20,7 @@ import pytest
 import torch
 from helpers.training import (
     TINY_CONFIG,
+    command_line,
     config_for,
     deadline,
     losses_of,
@@ -57,11 +58,7 @@ def cache_args(folder: Path, output: Path, **flags) -> list[str]:
         "model": folder / "tiny.json", "pretrained": folder / "pretrained.safetensors",
         "train-data": folder / "train.jsonl", "output": output, "shard-size": 8, "batch-size": 8, "workers": 0,
     }  # fmt: skip
-    values.update({key.replace("_", "-"): value for key, value in flags.items()})
-    args = ["cache-features"]
-    for key, value in values.items():
-        args += [f"--{key}"] if value is True else [f"--{key}", str(value)]
-    return args
+    return command_line("cache-features", values, flags)
 
 
 def cached_flags(folder: Path, cache: Path) -> list[str]:
@@ -293,9 +290,10 @@ def test_two_processes_cache_and_train_as_the_live_tower_does(data, cache, tmp_p
 # ----------------------------------------------------------------------------------------------------------
 
 
-def test_a_cache_killed_halfway_resumes_with_its_finished_shards(data, cache, tmp_path, capsys):
-    """The image of row 13 is a named pipe: reading it blocks (after the shard of rows 0..7 is written) until the
-    process is killed (SIGKILL). The same command, once the image is back, computes only the rest."""
+def start_cache_run_blocked_at_row_13(data: Path, tmp_path: Path) -> tuple[Path, Path, subprocess.Popen]:
+    """A `longclip cache-features` process on a copy of `data` whose image of row 13 is a named pipe: reading it
+    blocks, after the shard of rows 0..7 is written (waited for here, 120 s at most). Returns the data folder, the
+    cache folder and the process."""
     folder = Path(shutil.copytree(data, tmp_path / "data"))
     (folder / "img13.png").unlink()
     os.mkfifo(folder / "img13.png")
@@ -305,6 +303,13 @@ def test_a_cache_killed_halfway_resumes_with_its_finished_shards(data, cache, tm
     deadline_at = time.time() + 120
     while not (output / "features-00000.safetensors").exists() and time.time() < deadline_at:
         time.sleep(0.05)
+    return folder, output, process
+
+
+def test_a_cache_killed_halfway_resumes_with_its_finished_shards(data, cache, tmp_path, capsys):
+    """The image of row 13 is a named pipe: reading it blocks (after the shard of rows 0..7 is written) until the
+    process is killed (SIGKILL). The same command, once the image is back, computes only the rest."""
+    folder, output, process = start_cache_run_blocked_at_row_13(data, tmp_path)
     time.sleep(0.5)  # the next batch, rows 8..15, waits on the pipe
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -335,16 +340,8 @@ def test_a_second_cache_run_into_a_folder_being_written_is_refused_before_it_wri
     """A first run waits on the image of row 13, a named pipe, after writing shard 0. A second one with another
     --dtype and --overwrite (which would set the first run's files aside while it goes on writing fp32 shards
     among its own fp16 ones) is refused, and changes nothing. Killed, the first run is finished by its command."""
-    folder = Path(shutil.copytree(data, tmp_path / "data"))
-    (folder / "img13.png").unlink()
-    os.mkfifo(folder / "img13.png")
-    output = tmp_path / "features"
-    command = [sys.executable, "-m", "longclip_diffusers", *map(str, cache_args(folder, output))]
-    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder, output, first = start_cache_run_blocked_at_row_13(data, tmp_path)
     try:
-        deadline_at = time.time() + 120
-        while not (output / "features-00000.safetensors").exists() and time.time() < deadline_at:
-            time.sleep(0.05)
         before = snapshot(output)
         for flags in ({"dtype": "fp16", "overwrite": True}, {"dtype": "fp16"}, {}):
             code, _, err = run_cli(capsys, cache_args(folder, output, **flags))
