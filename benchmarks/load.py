@@ -6,11 +6,11 @@ What is measured
   size, 248 positions: Long-CLIP-L (CLIPTextModel, 123 M parameters, 0.49 GB), and with `--big-g` also a long
   OpenCLIP-bigG (CLIPTextModelWithProjection, 695 M parameters, 2.8 GB). Built once in the work folder.
 - plain: `CLIPTextModel.from_pretrained(folder)` (`CLIPTextModelWithProjection` for bigG).
-- ours: `LongCLIPTextEncoder.from_pretrained(folder)`: reads the checkpoint (any layout), checks it, and assigns
-  its tensors to a model transformers builds on the meta device.
-- ours, unscanned (for reference): the same without the scan that refuses NaN or infinite weights, which reads
-  every weight (and so pages the whole file in) where the plain `from_pretrained` of transformers 5 reads none
-  until the first forward pass: the difference between the two is that scan.
+- ours: `LongCLIPTextEncoder.from_pretrained(folder)`: reads the checkpoint (any layout), checks its shapes, and
+  assigns its memory-mapped tensors to a model built on the meta device. Its scan refusing NaN or infinite
+  weights reads every weight (the whole file, where a forward pass reads only the rows of the tokens it
+  embeds), so it runs at the first forward pass, inside "to first encoding".
+- ours, unscanned (for reference): the same without that scan: the difference between the two is the scan.
 - folder route (for reference): what loading did before, write the model to a temporary folder and
   `from_pretrained` it (reproduced here with `writing.write_text_encoder`).
 
@@ -18,8 +18,10 @@ How
 - Every load runs in a fresh subprocess that imports the same modules (torch, transformers, longclip_diffusers)
   before it starts the clock, so imports weigh the same in every variant. Time: wall time of the load call, and
   of the load and a first 248-token forward pass.
-  Peak RSS: the child's `ru_maxrss` (from `os.wait4`; this script never imports torch, so a child's figure is
-  its own). Written: the child's `/proc/self/io` write_bytes (bytes sent towards storage, counted as pages are
+  Peak RSS: of the load, the child's VmHWM read just after it; and of the load and first encoding, the child's
+  `ru_maxrss` (from `os.wait4`; this script never imports torch, so a child's figure is its own). CPU time: the
+  child's `process_time` across the load call (all its threads; the figure least moved by other work on the
+  machine). Written: the child's `/proc/self/io` write_bytes (bytes sent towards storage, counted as pages are
   dirtied) across the load call, and the files left in or passed through its own empty TMPDIR.
 - The source is read once beforehand (a warm page cache for every run); the variants alternate for `--repeats`
   rounds (default 3) and the median time and peak RSS are reported.
@@ -75,7 +77,7 @@ def folder_route():
 
 if variant == "ours_unscanned":  # without the scan refusing NaN / infinite weights, which reads every weight
     import longclip_diffusers.formats
-    longclip_diffusers.formats._is_finite = lambda tensor: True
+    longclip_diffusers.text_encoder.refuse_non_finite_at_first_use = lambda model, source: None
 
 load = {
     "plain": lambda: model_class.from_pretrained(folder),
@@ -87,15 +89,16 @@ load = {
 def write_bytes():
     return int(dict(line.split(": ") for line in open("/proc/self/io").read().splitlines())["write_bytes"])
 
-written, start = write_bytes(), time.perf_counter()
+written, start, cpu_start = write_bytes(), time.perf_counter(), time.process_time()
 model = load()
-seconds, written = time.perf_counter() - start, write_bytes() - written
+seconds, cpu_seconds, written = time.perf_counter() - start, time.process_time() - cpu_start, write_bytes() - written
+load_peak_rss = 1024 * int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1])
 with torch.no_grad():
     model(torch.arange(248).unsqueeze(0) % 49408)
 to_first_encoding = time.perf_counter() - start
 parameters = sum(p.numel() for p in model.parameters())
-print(json.dumps({"seconds": seconds, "to_first_encoding": to_first_encoding, "written": written,
-                  "parameters": parameters}))
+print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "load_peak_rss": load_peak_rss,
+                  "to_first_encoding": to_first_encoding, "written": written, "parameters": parameters}))
 """
 
 
@@ -137,28 +140,34 @@ def measure(workdir: Path, size: str, repeats: int, variants: tuple[str, ...]) -
     for variant, measured in runs.items():
         result[variant] = {
             "seconds": statistics.median(run["seconds"] for run in measured),
+            "cpu_seconds": statistics.median(run["cpu_seconds"] for run in measured),
             "to_first_encoding": statistics.median(run["to_first_encoding"] for run in measured),
+            "load_peak_rss_gb": statistics.median(run["load_peak_rss"] for run in measured) / 1e9,
             "peak_rss_gb": statistics.median(run["peak_rss"] for run in measured) / 1e9,
             "written_bytes": max(run["written"] for run in measured),
             "files_left_in_tmpdir": max(run["files_left_in_tmpdir"] for run in measured),
             "parameters": measured[0]["parameters"],
         }
+        figures = result[variant]
         print(
-            f"{size:7s} {variant:14s} load {result[variant]['seconds']:6.2f} s, to first encoding "
-            f"{result[variant]['to_first_encoding']:6.2f} s  peak RSS "
-            f"{result[variant]['peak_rss_gb']:6.2f} GB  written {result[variant]['written_bytes'] / 1e6:8.1f} MB",
+            f"{size:7s} {variant:14s} load {figures['seconds']:6.2f} s (CPU {figures['cpu_seconds']:6.2f} s), "
+            f"to first encoding {figures['to_first_encoding']:6.2f} s  peak RSS {figures['load_peak_rss_gb']:5.2f} GB "
+            f"(to first encoding {figures['peak_rss_gb']:5.2f} GB)  written {figures['written_bytes'] / 1e6:8.1f} MB",
             flush=True,
         )
     ours, plain = result["ours"], result["plain"]
     result["ratios"] = {
         "time": ours["seconds"] / plain["seconds"],
+        "cpu_time": ours["cpu_seconds"] / plain["cpu_seconds"],
         "time_to_first_encoding": ours["to_first_encoding"] / plain["to_first_encoding"],
-        "peak_rss": ours["peak_rss_gb"] / plain["peak_rss_gb"],
+        "peak_rss": ours["load_peak_rss_gb"] / plain["load_peak_rss_gb"],
+        "peak_rss_to_first_encoding": ours["peak_rss_gb"] / plain["peak_rss_gb"],
         "written_bytes": ours["written_bytes"],
     }
     unscanned = result["ours_unscanned"]
     result["ratios"]["unscanned_time"] = unscanned["seconds"] / plain["seconds"]
-    result["ratios"]["unscanned_peak_rss"] = unscanned["peak_rss_gb"] / plain["peak_rss_gb"]
+    result["ratios"]["unscanned_time_to_first_encoding"] = unscanned["to_first_encoding"] / plain["to_first_encoding"]
+    result["ratios"]["unscanned_peak_rss_to_first_encoding"] = unscanned["peak_rss_gb"] / plain["peak_rss_gb"]
     if "folder_route" in result:
         route = result["folder_route"]
         result["ratios"]["folder_route_time"] = route["seconds"] / plain["seconds"]

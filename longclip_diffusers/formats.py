@@ -455,7 +455,7 @@ def _fix_position_count(text_config: CLIPTextConfig, sd: dict[str, torch.Tensor]
         text_config.max_position_embeddings = rows
 
 
-def _load_hf_folder(folder: Path) -> Checkpoint:
+def _load_hf_folder(folder: Path, check_values: bool = True) -> Checkpoint:
     config_dict = _read_json(folder / "config.json")
     sd = hf_to_canonical(_read_hf_weights(folder))
     _require_text_tower(sd, folder)
@@ -479,7 +479,8 @@ def _load_hf_folder(folder: Path) -> Checkpoint:
     except Exception as error:  # transformers 5 validates configs as it reads them, raising its own error types
         raise CheckpointError(f"{folder / 'config.json'}: not a valid CLIP config: {_one_line(error)}") from None
     _fix_position_count(text_config, sd, folder)
-    return check_checkpoint(Checkpoint(sd, text_config, vision_config, projection_dim, str(folder), architecture))
+    checkpoint = Checkpoint(sd, text_config, vision_config, projection_dim, str(folder), architecture)
+    return check_checkpoint(checkpoint, check_values)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -501,17 +502,22 @@ def _is_openai_layout(sd: dict[str, torch.Tensor]) -> bool:
     return "token_embedding.weight" in sd or "text.token_embedding.weight" in sd
 
 
-def _load_weights_file(path: Path, model_cfg: dict | None = None) -> Checkpoint:
-    return checkpoint_from_state_dict(read_state_dict(path), model_cfg, path)
+def _load_weights_file(path: Path, model_cfg: dict | None = None, check_values: bool = True) -> Checkpoint:
+    return checkpoint_from_state_dict(read_state_dict(path), model_cfg, path, check_values=check_values)
 
 
 def checkpoint_from_state_dict(
-    sd: dict[str, torch.Tensor], model_cfg: dict | None = None, path: str | os.PathLike = "<state dict>"
+    sd: dict[str, torch.Tensor],
+    model_cfg: dict | None = None,
+    path: str | os.PathLike = "<state dict>",
+    *,
+    check_values: bool = True,
 ) -> Checkpoint:
     """A Checkpoint from an in-memory state dict (OpenAI / open_clip or Hugging Face layout), checked against
     the model its shapes describe (`check_checkpoint`).
 
     `model_cfg` is the open_clip model config (heads, activation); without it OpenAI conventions apply.
+    `check_values=False` leaves the scan for NaN / infinite weights to the caller (`refuse_non_finite`).
     """
     path = Path(path)
     if model_cfg is None and (name := infer_open_clip_model(sd)):
@@ -542,7 +548,7 @@ def checkpoint_from_state_dict(
         ) from None
     except (IndexError, RuntimeError) as error:  # a tensor without the dimensions its role needs
         raise CheckpointError(f"{path}: has tensors of the wrong shape for a CLIP model ({error}).") from None
-    return check_checkpoint(checkpoint)
+    return check_checkpoint(checkpoint, check_values)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -608,11 +614,23 @@ def _is_finite(tensor: torch.Tensor) -> bool:
     return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
 
-def check_checkpoint(checkpoint: Checkpoint) -> Checkpoint:
-    """Refuse a checkpoint that would not load as the model its configs describe (a missing, unexpected or
-    misshapen tensor) or that holds NaN or infinite weights; return it unchanged otherwise.
+def refuse_non_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse weights holding NaN or infinite values (which every output would carry), naming the first tensor.
 
-    Meta tensors (shapes without values) are checked for shapes only.
+    Reads every value: meta tensors (shapes without values) are left out.
+    """
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not tensor.is_meta and not _is_finite(tensor):
+            raise CheckpointError(
+                f"{where}: tensor {key} holds NaN or infinite values; the checkpoint is damaged (or its training "
+                "diverged). Use an intact copy."
+            )
+
+
+def check_checkpoint(checkpoint: Checkpoint, check_values: bool = True) -> Checkpoint:
+    """Refuse a checkpoint that would not load as the model its configs describe (a missing, unexpected or
+    misshapen tensor) or, unless `check_values=False`, that holds NaN or infinite weights; return it unchanged
+    otherwise. Meta tensors (shapes without values) are checked for shapes only.
     """
     where, state_dict = checkpoint.source, checkpoint.state_dict
     expected = expected_shapes(checkpoint)
@@ -634,12 +652,8 @@ def check_checkpoint(checkpoint: Checkpoint) -> Checkpoint:
                 f"{where}: tensor {key} has shape {_shape(state_dict[key].shape)}, but {_describe(checkpoint)} "
                 f"needs {_shape(shape)}; the checkpoint is damaged or mixes two models. Use an intact copy."
             )
-    for key, tensor in state_dict.items():
-        if tensor.is_floating_point() and not tensor.is_meta and not _is_finite(tensor):
-            raise CheckpointError(
-                f"{where}: tensor {key} holds NaN or infinite values; the checkpoint is damaged (or its training "
-                "diverged). Use an intact copy."
-            )
+    if check_values:
+        refuse_non_finite(state_dict, where)
     return checkpoint
 
 
@@ -673,32 +687,35 @@ def load_checkpoint(
     subfolder: str | None = None,
     revision: str | None = None,
     open_clip_model: str | None = None,
+    check_values: bool = True,
 ) -> Checkpoint:
     """Read any supported CLIP checkpoint (local file or folder, or Hugging Face Hub repo id) into canonical form.
 
     `open_clip_model` names an open_clip architecture (or its config JSON) whose head counts and activation
     apply to an OpenAI-layout file; open_clip folders carry theirs in `open_clip_config.json`.
+    `check_values=False` skips the scan for NaN / infinite weights, which reads every weight: for callers that
+    scan later (`LongCLIPTextEncoder` does at the first forward pass).
     """
     path = resolve(source, subfolder=subfolder, revision=revision)
     model_cfg = _open_clip_model_config(open_clip_model) if open_clip_model else None
     if path.is_file():
-        return _load_weights_file(path, model_cfg)
+        return _load_weights_file(path, model_cfg, check_values)
     if (path / "config.json").is_file():
-        return _load_hf_folder(path)
+        return _load_hf_folder(path, check_values)
     if (path / "open_clip_config.json").is_file():
         model_cfg = model_cfg or _open_clip_model_config(str(path / "open_clip_config.json"))
         weights = _single_weights_file(path) or path / "open_clip_pytorch_model.bin"
-        return _load_weights_file(weights, model_cfg)
+        return _load_weights_file(weights, model_cfg, check_values)
     if (path / "text_encoder" / "config.json").is_file():
         _require_one_text_encoder(path)
-        return _load_hf_folder(path / "text_encoder")
+        return _load_hf_folder(path / "text_encoder", check_values)
     weights = _single_weights_file(path)
     if weights is None:
         raise CheckpointError(
             f"{path}: found no CLIP weights (no config.json, text_encoder/, open_clip_config.json or single "
             f"weights file {'/'.join(WEIGHT_SUFFIXES)})."
         )
-    return _load_weights_file(weights, model_cfg)
+    return _load_weights_file(weights, model_cfg, check_values)
 
 
 def _require_one_text_encoder(pipeline: Path) -> None:

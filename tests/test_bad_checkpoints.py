@@ -4,6 +4,7 @@ Files that cannot be read (empty, text, truncated, not a torch file, broken conf
 not fit the model they describe (a position table of the wrong width or rank, missing, extra or misshapen
 tensors, NaN or infinite weights) are refused by `load_checkpoint` itself, so `longclip convert`, `stretch`,
 `comfy-export`, `LongCLIPTextEncoder.from_pretrained` and the ComfyUI loader node all refuse them the same way.
+(`LongCLIPTextEncoder` refuses NaN or infinite weights at the model's first forward pass, not at load.)
 """
 
 from __future__ import annotations
@@ -152,7 +153,8 @@ def _error_line(entry_point: str, source: Path, out: Path, capsys) -> str:
         return err.strip()
     with pytest.raises(CheckpointError) as raised:
         if entry_point == "LongCLIPTextEncoder":
-            LongCLIPTextEncoder.from_pretrained(source)
+            # some cases are 77-position files: allowed here, for the error about what is wrong with them
+            LongCLIPTextEncoder.from_pretrained(source, allow_short=True)(torch.tensor([[49406, 320, 49407]]))
         else:
             LongCLIPLoader().load(str(source), "clip_l")  # outside ComfyUI the node reads local paths
     message = str(raised.value)
@@ -220,3 +222,19 @@ def test_the_tokenizer_needs_no_weights_and_is_not_stopped_by_bad_ones(case, bad
     """The tokenizer reads tokenizer files only: beside a bad weights file it is still CLIP's own."""
     tokenizer = LongCLIPTokenizer.from_pretrained(bad[case][0])
     assert tokenizer("a cat").input_ids == [49406, 320, 2368, 49407]
+
+
+def test_the_encoder_scans_its_weights_at_its_first_forward_pass(bad, tiny_components):
+    """`LongCLIPTextEncoder` loads without reading the weights' values; the scan for NaN / infinite weights runs at
+    the first forward pass, refuses every pass of a damaged model, and leaves a sound one after its first pass."""
+    damaged = LongCLIPTextEncoder.from_pretrained(bad["nan.pt"][0])
+    for _ in range(2):
+        with pytest.raises(CheckpointError, match="holds NaN or infinite values"):
+            damaged(torch.tensor([[49406, 320, 49407]]))
+    sound = LongCLIPTextEncoder.from_pretrained(tiny_components / "longclip-sd15")
+    reference = CLIPTextModel.from_pretrained(tiny_components / "longclip-sd15" / "text_encoder")
+    assert len(sound._forward_pre_hooks) == 1
+    ids = torch.tensor([[49406, 320, 1929, 49407]])
+    with torch.no_grad():
+        assert torch.equal(sound(ids).last_hidden_state, reference(ids).last_hidden_state)
+    assert len(sound._forward_pre_hooks) == 0

@@ -1,6 +1,6 @@
 """Loading without copies: `build_text_model` / `build_clip_model` (behind `LongCLIPTextEncoder.from_pretrained`,
-`convert` and the ComfyUI "Load Long-CLIP" node) assign the checkpoint's tensors to a model built by transformers'
-own `from_pretrained`: the same model as the earlier route (write a folder, `from_pretrained` it), without the
+`convert` and the ComfyUI "Load Long-CLIP" node) assign the checkpoint's tensors to a model built on the meta
+device: the same model as the earlier route (write a folder, transformers' `from_pretrained` of it), without the
 folder or a second copy."""
 
 import os
