@@ -64,7 +64,7 @@ def naive_convert(source: str, out: str) -> None:
     from transformers import CLIPConfig, CLIPModel
     from transformers.utils.logging import disable_progress_bar
 
-    from longclip_diffusers.formats import openai_to_canonical
+    from longclip_diffusers.layouts import openai_to_canonical
 
     disable_progress_bar()
 

@@ -76,7 +76,7 @@ def folder_route():
         return model_class.from_pretrained(tmp).eval()
 
 if variant == "ours_unscanned":  # without the scan refusing NaN / infinite weights, which reads every weight
-    import longclip_diffusers.formats
+    import longclip_diffusers.text_encoder
     longclip_diffusers.text_encoder.refuse_non_finite_at_first_use = lambda model, source: None
 
 load = {

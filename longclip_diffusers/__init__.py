@@ -8,8 +8,9 @@ tokenizer = LongCLIPTokenizer.from_pretrained("BeichenZhang/LongCLIP-L")      # 
 ```
 """
 
+from .checkpoint import Checkpoint, CheckpointError
 from .convert import convert, stretch_checkpoint
-from .formats import Checkpoint, CheckpointError, load_checkpoint
+from .formats import load_checkpoint
 from .stretch import stretch_model, stretch_position_table, stretch_state_dict, stretched_length
 from .text_encoder import LongCLIPTextEncoder
 from .tokenizer import LongCLIPTokenizer, check_pair, clean_text

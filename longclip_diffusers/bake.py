@@ -16,7 +16,8 @@ import torch
 from safetensors import safe_open
 
 from .atomic import atomic_output
-from .formats import Checkpoint, CheckpointError, load_checkpoint
+from .checkpoint import Checkpoint, CheckpointError
+from .formats import load_checkpoint
 from .single_file import EncoderSlot, encoder_slots, encoder_tensors, read_single_file
 from .stretch import CLIP_POSITIONS, causal_mask
 from .writing import write_safetensors

@@ -22,10 +22,11 @@ from pathlib import Path
 
 from . import __version__
 from .atomic import atomic_output, refuse_file_above
+from .checkpoint import Checkpoint, CheckpointError
 from .comfyui.encoders import CLIP_TYPES, read_back_single_file, role_problem
 from .convert import DTYPES
 from .families import FAMILIES
-from .formats import Checkpoint, CheckpointError, load_checkpoint
+from .formats import load_checkpoint
 from .hub import WEIGHT_SUFFIXES
 from .stretch import CLIP_POSITIONS
 from .tokenizer import LongCLIPTokenizer, check_pair

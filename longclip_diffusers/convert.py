@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Literal
 
 from .atomic import atomic_output
+from .checkpoint import Checkpoint, CheckpointError
+from .checkpoint_checks import check_checkpoint
 from .constants import CLIP_POSITIONS, DTYPES, OPEN_CLIP_PAD_TOKEN
-from .formats import Checkpoint, CheckpointError, check_checkpoint, load_checkpoint
+from .formats import load_checkpoint
 from .stretch import DEFAULT_KEEP, DEFAULT_RATIO, stretch_position_table, stretched_length
 from .writing import save_clip, save_diffusers, write_comfyui_text_encoder
 

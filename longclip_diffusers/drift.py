@@ -36,9 +36,10 @@ from transformers import PreTrainedTokenizerBase
 
 from . import families
 from .atomic import atomic_write
+from .checkpoint import Checkpoint, CheckpointError
 from .convert import SD2_LAYERS
 from .drift_prompts import DRIFT_PROMPTS
-from .formats import Checkpoint, CheckpointError, load_checkpoint
+from .formats import load_checkpoint
 from .prompts import (
     PromptOptions,
     TextEncoderSpec,

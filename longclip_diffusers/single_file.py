@@ -17,7 +17,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from transformers import CLIPTextConfig
 
-from .formats import Checkpoint, CheckpointError, canonical_to_openai, checkpoint_from_state_dict, read_state_dict
+from .checkpoint import Checkpoint, CheckpointError
+from .formats import checkpoint_from_state_dict
+from .layouts import canonical_to_openai
+from .weights_files import read_state_dict
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,11 @@ from transformers import (
     PreTrainedModel,
 )
 
+from .checkpoint import Checkpoint, CheckpointError
+from .checkpoint_checks import refuse_non_finite
 from .constants import CLIP_POSITIONS, config_dtype_name
-from .formats import Checkpoint, CheckpointError, hf_to_canonical, load_checkpoint, refuse_non_finite
+from .formats import load_checkpoint
+from .layouts import hf_to_canonical
 from .writing import clip_config, text_config_dict, text_state_dict
 
 

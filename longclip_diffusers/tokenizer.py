@@ -24,9 +24,10 @@ from transformers import (
 )
 
 from .atomic import atomic_write
+from .checkpoint import CheckpointError
 from .constants import CLIP_BOS_TOKEN, CLIP_EOS_TOKEN, CLIP_PAD_TOKEN, LONG_CLIP_POSITIONS
-from .formats import CheckpointError, text_positions
 from .hub import WEIGHT_SUFFIXES, resolve
+from .weights_files import text_positions
 
 logger = logging.getLogger(__name__)
 

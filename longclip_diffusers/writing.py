@@ -15,8 +15,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPTextConfig
 
+from .checkpoint import Checkpoint, CheckpointError
 from .constants import SAFETENSORS_DTYPES, config_dtype_name
-from .formats import Checkpoint, CheckpointError
 from .tokenizer import LongCLIPTokenizer, check_pair, tokenizer_folder
 
 # OpenAI CLIP's image normalisation, used by every CLIP / Long-CLIP checkpoint.

@@ -10,8 +10,8 @@ from typing import Any
 
 from transformers import CLIPTextConfig
 
+from longclip_diffusers.checkpoint import CheckpointError
 from longclip_diffusers.constants import CLIP_PAD_TOKEN, OPEN_CLIP_PAD_TOKEN
-from longclip_diffusers.formats import CheckpointError
 from longclip_diffusers.single_file import SLOT_PREFIXES, encoder_slots, read_encoder, read_single_file
 from longclip_diffusers.text_encoder import build_text_model
 from longclip_diffusers.tokenizer import LongCLIPTokenizer

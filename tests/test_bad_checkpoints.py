@@ -19,9 +19,10 @@ from safetensors.torch import save_file
 from transformers import CLIPModel, CLIPTextModel
 
 from longclip_diffusers import CheckpointError, LongCLIPTextEncoder, LongCLIPTokenizer, convert, load_checkpoint
+from longclip_diffusers.checkpoint_checks import expected_shapes
 from longclip_diffusers.cli import main
 from longclip_diffusers.comfyui import LongCLIPLoader
-from longclip_diffusers.formats import expected_shapes, hf_to_canonical
+from longclip_diffusers.layouts import hf_to_canonical
 from longclip_diffusers.tiny import tiny_text_config
 
 LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:4d7a2146\nsize 1710000000\n"

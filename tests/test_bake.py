@@ -11,8 +11,10 @@ from safetensors.torch import save_file
 
 from longclip_diffusers import convert
 from longclip_diffusers.cli import main
-from longclip_diffusers.formats import canonical_to_openai, load_checkpoint, safetensors_header
+from longclip_diffusers.formats import load_checkpoint
+from longclip_diffusers.layouts import canonical_to_openai
 from longclip_diffusers.single_file import SD_SLOTS, SDXL_SLOTS, read_encoder, read_single_file
+from longclip_diffusers.weights_files import safetensors_header
 
 POSITION_IDS = "cond_stage_model.transformer.text_model.embeddings.position_ids"
 METADATA = {"modelspec.title": "tiny test model", "modelspec.architecture": "stable-diffusion-v1"}

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 
-from longclip_diffusers import formats, writing
+from longclip_diffusers import weights_files, writing
 from longclip_diffusers.cli import main, registered_commands
 from longclip_diffusers.commands import LIBRARY_COMMANDS
 from longclip_diffusers.tiny import tiny_text_config
@@ -50,7 +50,7 @@ def test_convert_to_diffusers_gives_a_plain_transformers_text_encoder_and_tokeni
     model = CLIPTextModel.from_pretrained(tmp_path / "out/text_encoder")
     tokenizer = CLIPTokenizer.from_pretrained(tmp_path / "out/tokenizer")
     assert model.config.max_position_embeddings == tokenizer.model_max_length == 248
-    keys = formats.safetensors_shapes(tmp_path / "out/text_encoder/model.safetensors")
+    keys = weights_files.safetensors_shapes(tmp_path / "out/text_encoder/model.safetensors")
     assert all(key.startswith("text_model.") for key in keys)  # the layout transformers 4.x expects
     assert leftovers(tmp_path) == []
 

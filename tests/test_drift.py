@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from longclip_diffusers.checkpoint import CheckpointError
 from longclip_diffusers.cli import main
 from longclip_diffusers.drift import (
     FAMILIES,
@@ -15,7 +16,6 @@ from longclip_diffusers.drift import (
     read_family,
 )
 from longclip_diffusers.drift_prompts import DRIFT_PROMPTS
-from longclip_diffusers.formats import CheckpointError
 from longclip_diffusers.tiny import tiny_clip_tokenizer
 
 

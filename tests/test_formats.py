@@ -8,10 +8,12 @@ from helpers.common import TINY_OPEN_CLIP_CONFIG_GELU, published_longclip_state_
 from safetensors.torch import load_file, save_file
 from transformers import CLIPModel, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from longclip_diffusers.checkpoint import CheckpointError
 from longclip_diffusers.convert import convert
-from longclip_diffusers.formats import CheckpointError, load_checkpoint, safetensors_shapes
+from longclip_diffusers.formats import load_checkpoint
 from longclip_diffusers.text_encoder import LongCLIPTextEncoder
 from longclip_diffusers.tokenizer import LongCLIPTokenizer
+from longclip_diffusers.weights_files import safetensors_shapes
 
 ATOL = 1e-5
 

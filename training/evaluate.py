@@ -26,9 +26,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import CLIPModel, PreTrainedTokenizerBase
 
+from longclip_diffusers.checkpoint import CheckpointError
 from longclip_diffusers.convert import DTYPES
 from longclip_diffusers.drift import drift_summary, load_drift_encoder
-from longclip_diffusers.formats import CheckpointError, load_checkpoint
+from longclip_diffusers.formats import load_checkpoint
 from longclip_diffusers.hub import resolve
 from longclip_diffusers.stretch import CLIP_POSITIONS
 from longclip_diffusers.text_encoder import build_clip_model

@@ -32,8 +32,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from longclip_diffusers.atomic import atomic_output
+from longclip_diffusers.checkpoint import CheckpointError
 from longclip_diffusers.convert import DTYPES
-from longclip_diffusers.formats import CheckpointError, safetensors_header
+from longclip_diffusers.weights_files import safetensors_header
 from longclip_diffusers.writing import SAFETENSORS_DTYPES
 
 from .data import CaptionDataset, SampleBuilder, UnusableSample, is_shard_pattern

@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from longclip_diffusers.formats import CLIP_EOS_TOKEN_ID, canonical_to_openai, load_checkpoint
+from longclip_diffusers.constants import CLIP_EOS_TOKEN_ID
+from longclip_diffusers.formats import load_checkpoint
+from longclip_diffusers.layouts import canonical_to_openai
 from longclip_diffusers.stretch import stretch_model
 
 from .config import TrainConfig

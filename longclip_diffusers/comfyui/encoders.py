@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+from ..checkpoint import Checkpoint, CheckpointError
 from ..constants import CLIP_PAD_TOKEN, OPEN_CLIP_PAD_TOKEN
 from ..convert import stretch_checkpoint
-from ..formats import Checkpoint, CheckpointError, checkpoint_from_state_dict, load_checkpoint
+from ..formats import checkpoint_from_state_dict, load_checkpoint
 from ..stretch import CLIP_POSITIONS, DEFAULT_KEEP, DEFAULT_RATIO
 from ..text_encoder import build_text_model
 from ..tokenizer import LongCLIPTokenizer, check_pair, tokenizer_folder

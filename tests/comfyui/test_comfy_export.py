@@ -24,8 +24,8 @@ from longclip_diffusers.comfy_export import (
     run_comfy_export,
 )
 from longclip_diffusers.comfyui import NODE_CLASS_MAPPINGS, LongCLIPLoader, LongCLIPTextEncode
-from longclip_diffusers.formats import safetensors_shapes
 from longclip_diffusers.tiny import tiny_text_config
+from longclip_diffusers.weights_files import safetensors_shapes
 
 # Outputs and linked inputs of the ComfyUI core nodes the example workflows use (nodes.py, comfy_extras/nodes_sd3.py),
 # to check every link of the graphs.

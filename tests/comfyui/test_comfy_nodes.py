@@ -36,7 +36,8 @@ from longclip_diffusers.comfyui import (
     LongCLIPTextEncodeSDXL,
     host,
 )
-from longclip_diffusers.formats import checkpoint_from_state_dict, hf_to_canonical, infer_open_clip_model
+from longclip_diffusers.formats import checkpoint_from_state_dict
+from longclip_diffusers.layouts import hf_to_canonical, infer_open_clip_model
 from longclip_diffusers.pipelines import (
     LongCLIPFluxPipeline,
     LongCLIPStableDiffusion3Pipeline,

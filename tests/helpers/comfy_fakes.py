@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from longclip_diffusers.formats import hf_to_canonical
 from longclip_diffusers.hub import WEIGHT_SUFFIXES
+from longclip_diffusers.layouts import hf_to_canonical
 from longclip_diffusers.tiny import tiny_text_config
 
 SHORT = "a lighthouse at dusk, oil painting"

@@ -8,7 +8,7 @@ back with diffusers' converters and comparing every tensor.
 import torch
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
-from longclip_diffusers.formats import canonical_to_openai, hf_to_canonical
+from longclip_diffusers.layouts import canonical_to_openai, hf_to_canonical
 
 RESNET_RENAMES = {  # diffusers -> original, inside a UNet resnet
     "norm1": "in_layers.0",

@@ -17,9 +17,11 @@ from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from longclip_diffusers import LongCLIPTextEncoder, LongCLIPTokenizer, prompts
+from longclip_diffusers.checkpoint import Checkpoint, CheckpointError
 from longclip_diffusers.cli import main
 from longclip_diffusers.convert import sd2_text_encoder
-from longclip_diffusers.formats import Checkpoint, CheckpointError, hf_to_canonical, load_checkpoint
+from longclip_diffusers.formats import load_checkpoint
+from longclip_diffusers.layouts import hf_to_canonical
 from longclip_diffusers.pipelines import LongCLIPStableDiffusionXLPipeline
 from longclip_diffusers.training.model import TextCLIP, encode_text_cut
 
