@@ -1,8 +1,9 @@
 """The Long-CLIP counterparts of the daily diffusers pipelines (img2img, inpaint, ControlNet, PAG, LCM, AnimateDiff,
 refiner, Kontext, ...) on tiny models: the same invariants for every class, read at the denoiser's input.
 
-Each stock variant is built from its family's tiny text-to-image pipeline (`from_pipe`, plus a tiny ControlNet or
-motion adapter where the class needs one); its counterpart comes from `with_long_prompts`.
+Each stock variant is built from its family's tiny text-to-image pipeline (`from_pipe`, plus a tiny ControlNet,
+T2I-Adapter or motion adapter where the class needs one, or a denoiser with the input channels it reads: Flux Fill
+and Control, SD 3 inpaint); its counterpart comes from `with_long_prompts`.
 """
 
 import functools
@@ -65,11 +66,19 @@ def controlnet_union(stock):
     return reconfigured(base, num_trans_channel=width, num_trans_head=2, num_proj_channel=width)
 
 
-def t2i_adapter(stock):
-    """An SDXL T2I-Adapter whose features match the tiny UNet's blocks (both at a quarter of the latent size)."""
+def t2i_adapter(stock, adapter_type: str = "full_adapter_xl", downscale_factor: int = 4):
+    """A T2I-Adapter whose features match the tiny UNet's blocks. SDXL's: both at a quarter of the latent size (the
+    tiny SDXL UNet adds the first after its downsampler); SD 1.5's: at 1/2 and 1/4 with `cross_attention_first`."""
     torch.manual_seed(0)
     channels = list(stock.unet.config.block_out_channels)
-    return diffusers.T2IAdapter(channels=channels, downscale_factor=4, adapter_type="full_adapter_xl")
+    return diffusers.T2IAdapter(channels=channels, downscale_factor=downscale_factor, adapter_type=adapter_type)
+
+
+def cross_attention_first(stock):
+    """The UNet with SD 1.5's block order (cross-attention block first, its adapter feature before downsampling):
+    the SD 1.5 T2I-Adapter halves its features' size at each block, as SD 1.5's UNet does."""
+    down, up = ("CrossAttnDownBlock2D", "DownBlock2D"), ("UpBlock2D", "CrossAttnUpBlock2D")
+    return reconfigured(stock.unet, down_block_types=down, up_block_types=up)
 
 
 def flux_fill_transformer(stock):
@@ -131,6 +140,14 @@ DAILY = {
         "sd15",
         {"motion_adapter": motion_adapter},
         {"video": [IMAGE, IMAGE], "strength": 0.9},
+    ),
+    "StableDiffusionAdapterPipeline": (
+        "sd15",
+        {
+            "unet": cross_attention_first,
+            "adapter": functools.partial(t2i_adapter, adapter_type="full_adapter", downscale_factor=2),
+        },
+        {"image": IMAGE},
     ),
     "StableDiffusionXLImg2ImgPipeline": ("sdxl", {}, {"image": IMAGE, "strength": 0.9}),
     "StableDiffusionXLInpaintPipeline": ("sdxl", {}, {"image": IMAGE, "mask_image": MASK, "strength": 0.9}),
