@@ -280,6 +280,8 @@ def test_a_word_at_token_180_reaches_the_denoiser(stock_variant, long_parts, nam
     a = denoiser_input(ours, prompt + TAIL_A, name)
     b = denoiser_input(ours, prompt + TAIL_B, name)
     assert not torch.allclose(a["encoder_hidden_states"], b["encoder_hidden_states"])
+    if FAMILIES[family].t5 is not None:  # T5 reads the tail too: the pooled vector, CLIP's alone, must see it
+        assert not torch.allclose(a["pooled_projections"], b["pooled_projections"])
 
 
 @pytest.mark.parametrize("name", NAMES)
