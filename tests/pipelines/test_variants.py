@@ -1,8 +1,9 @@
 """The Long-CLIP counterparts of the daily diffusers pipelines (img2img, inpaint, ControlNet, PAG, LCM, AnimateDiff,
 refiner, Kontext, ...) on tiny models: the same invariants for every class, read at the denoiser's input.
 
-Each stock variant is built from its family's tiny text-to-image pipeline (`from_pipe`, plus a tiny ControlNet or
-motion adapter where the class needs one); its counterpart comes from `with_long_prompts`.
+Each stock variant is built from its family's tiny text-to-image pipeline (`from_pipe`, plus a tiny ControlNet,
+T2I-Adapter or motion adapter where the class needs one, or a denoiser with the input channels it reads: Flux Fill
+and Control, SD 3 inpaint); its counterpart comes from `with_long_prompts`.
 """
 
 import functools
@@ -26,10 +27,16 @@ def controlnet(stock):
     return diffusers.ControlNetModel.from_unet(stock.unet, conditioning_embedding_out_channels=(8, 16))
 
 
+def reconfigured(model, **changes):
+    """A new `model` of the same class, its config changed by `changes`, with random weights (seed 0)."""
+    config = {key: value for key, value in model.config.items() if key != "_use_default_values"}
+    torch.manual_seed(0)
+    return type(model).from_config({**config, **changes})
+
+
 def lcm_unet(stock):
     """The UNet with the guidance-scale embedding an LCM-distilled UNet has (`time_cond_proj_dim`)."""
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel.from_config({**stock.unet.config, "time_cond_proj_dim": 32})
+    unet = reconfigured(stock.unet, time_cond_proj_dim=32)
     missing, unexpected = unet.load_state_dict(stock.unet.state_dict(), strict=False)
     assert not unexpected and all(key.startswith("time_embedding.cond_proj") for key in missing)
     return unet
@@ -37,8 +44,7 @@ def lcm_unet(stock):
 
 def refiner_unet(stock):
     """A refiner's UNet: conditioned on bigG's states alone."""
-    torch.manual_seed(0)
-    return diffusers.UNet2DConditionModel.from_config({**stock.unet.config, "cross_attention_dim": 32})
+    return reconfigured(stock.unet, cross_attention_dim=32)
 
 
 def motion_adapter(stock):
@@ -51,6 +57,42 @@ def motion_adapter(stock):
         motion_num_attention_heads=2,
         motion_max_seq_length=8,
     )
+
+
+def controlnet_union(stock):
+    """A ControlNet-Union whose control-type transformer is as wide as the UNet's first block."""
+    base = diffusers.ControlNetUnionModel.from_unet(stock.unet, conditioning_embedding_out_channels=(8, 16))
+    width = stock.unet.config.block_out_channels[0]
+    return reconfigured(base, num_trans_channel=width, num_trans_head=2, num_proj_channel=width)
+
+
+def t2i_adapter(stock, adapter_type: str = "full_adapter_xl", downscale_factor: int = 4):
+    """A T2I-Adapter whose features match the tiny UNet's blocks. SDXL's: both at a quarter of the latent size (the
+    tiny SDXL UNet adds the first after its downsampler); SD 1.5's: at 1/2 and 1/4 with `cross_attention_first`."""
+    torch.manual_seed(0)
+    channels = list(stock.unet.config.block_out_channels)
+    return diffusers.T2IAdapter(channels=channels, downscale_factor=downscale_factor, adapter_type=adapter_type)
+
+
+def cross_attention_first(stock):
+    """The UNet with SD 1.5's block order (cross-attention block first, its adapter feature before downsampling):
+    the SD 1.5 T2I-Adapter halves its features' size at each block, as SD 1.5's UNet does."""
+    down, up = ("CrossAttnDownBlock2D", "DownBlock2D"), ("UpBlock2D", "CrossAttnUpBlock2D")
+    return reconfigured(stock.unet, down_block_types=down, up_block_types=up)
+
+
+def flux_fill_transformer(stock):
+    """Flux Fill's transformer reads the packed latents, the packed masked-image latents and the packed mask (one
+    channel per pixel of a latent's vae_scale_factor x vae_scale_factor patch, packed 2x2)."""
+    packed = stock.transformer.config.in_channels
+    mask = 4 * stock.vae_scale_factor**2
+    return reconfigured(stock.transformer, in_channels=2 * packed + mask, out_channels=packed)
+
+
+def flux_control_transformer(stock):
+    """Flux Control's transformer reads the packed latents and the packed control-image latents."""
+    packed = stock.transformer.config.in_channels
+    return reconfigured(stock.transformer, in_channels=2 * packed, out_channels=packed)
 
 
 def sd3_controlnet(stock, extra_channels: int = 0):
@@ -99,6 +141,14 @@ DAILY = {
         {"motion_adapter": motion_adapter},
         {"video": [IMAGE, IMAGE], "strength": 0.9},
     ),
+    "StableDiffusionAdapterPipeline": (
+        "sd15",
+        {
+            "unet": cross_attention_first,
+            "adapter": functools.partial(t2i_adapter, adapter_type="full_adapter", downscale_factor=2),
+        },
+        {"image": IMAGE},
+    ),
     "StableDiffusionXLImg2ImgPipeline": ("sdxl", {}, {"image": IMAGE, "strength": 0.9}),
     "StableDiffusionXLInpaintPipeline": ("sdxl", {}, {"image": IMAGE, "mask_image": MASK, "strength": 0.9}),
     "StableDiffusionXLControlNetPipeline": ("sdxl", {"controlnet": controlnet}, {"image": IMAGE}),
@@ -112,12 +162,38 @@ DAILY = {
         {"controlnet": controlnet},
         {"image": IMAGE, "mask_image": MASK, "control_image": IMAGE, "strength": 0.9},
     ),
+    "StableDiffusionXLControlNetUnionPipeline": (
+        "sdxl",
+        {"controlnet": controlnet_union},
+        {"control_image": [IMAGE], "control_mode": [0]},
+    ),
+    "StableDiffusionXLAdapterPipeline": ("sdxl", {"adapter": t2i_adapter}, {"image": IMAGE}),
+    "AnimateDiffSDXLPipeline": ("sdxl", {"motion_adapter": motion_adapter}, {"num_frames": 2}),
     "StableDiffusion3Img2ImgPipeline": ("sd3", {}, {"image": IMAGE, "strength": 0.9}),
+    "StableDiffusion3InpaintPipeline": (  # SD 3's inpainting reads 16 latent channels, as SD 3's VAE makes
+        "sd3",
+        {
+            "vae": lambda stock: reconfigured(stock.vae, latent_channels=16),
+            "transformer": lambda stock: reconfigured(stock.transformer, in_channels=16, out_channels=16),
+        },
+        {"image": IMAGE, "mask_image": MASK, "strength": 0.9},
+    ),
     "StableDiffusion3ControlNetPipeline": ("sd3", {"controlnet": sd3_controlnet}, {"control_image": IMAGE}),
+    "StableDiffusion3ControlNetInpaintingPipeline": (  # the control image: masked-image latents and the mask
+        "sd3",
+        {"controlnet": functools.partial(sd3_controlnet, extra_channels=1)},
+        {"control_image": IMAGE, "control_mask": MASK},
+    ),
     "FluxImg2ImgPipeline": ("flux", {}, {"image": IMAGE, "strength": 0.9, **FLUX_SIZE}),
     "FluxInpaintPipeline": ("flux", {}, {"image": IMAGE, "mask_image": MASK, "strength": 0.9, **FLUX_SIZE}),
     "FluxKontextPipeline": ("flux", {}, {"image": IMAGE, **FLUX_SIZE, "max_area": 64 * 64, "_auto_resize": False}),
     "FluxControlNetPipeline": ("flux", {"controlnet": flux_controlnet}, {"control_image": IMAGE, **FLUX_SIZE}),
+    "FluxFillPipeline": (
+        "flux",
+        {"transformer": flux_fill_transformer},
+        {"image": IMAGE, "mask_image": MASK, **FLUX_SIZE},
+    ),
+    "FluxControlPipeline": ("flux", {"transformer": flux_control_transformer}, {"control_image": IMAGE, **FLUX_SIZE}),
 }
 # SDXL's refiner: img2img with bigG alone (`text_encoder_2`); Long-CLIP-L has no place in it.
 REFINER = "StableDiffusionXLImg2ImgPipeline (refiner)"
@@ -204,6 +280,8 @@ def test_a_word_at_token_180_reaches_the_denoiser(stock_variant, long_parts, nam
     a = denoiser_input(ours, prompt + TAIL_A, name)
     b = denoiser_input(ours, prompt + TAIL_B, name)
     assert not torch.allclose(a["encoder_hidden_states"], b["encoder_hidden_states"])
+    if FAMILIES[family].t5 is not None:  # T5 reads the tail too: the pooled vector, CLIP's alone, must see it
+        assert not torch.allclose(a["pooled_projections"], b["pooled_projections"])
 
 
 @pytest.mark.parametrize("name", NAMES)
