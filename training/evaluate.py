@@ -35,7 +35,6 @@ from longclip_diffusers.text_encoder import build_clip_model
 from longclip_diffusers.tokenizer import LongCLIPTokenizer
 from longclip_diffusers.writing import CLIP_IMAGE_MEAN, CLIP_IMAGE_STD
 
-from .data import UnusableSample, load_image, read_json_file
 from .eval_sets import (
     SIMPLE_TEMPLATES,
     RetrievalSet,
@@ -51,8 +50,10 @@ from .eval_sets import (
     read_class_names,
     read_templates,
 )
+from .images import UnusableSample, load_image
 from .metrics import ZERO_SHOT_KS, retrieval_metrics, top_k_accuracy
 from .report import RESULT_FILES, write_results
+from .text_files import read_json_file
 
 __all__ = [
     "EvalModel",
