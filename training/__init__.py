@@ -13,5 +13,7 @@ run_folder.py      what a run writes in --output: settings, metrics, plot, the f
 checkpoints.py     checkpoints/step_N, complete or absent, checked before resuming
 feature_cache.py   the image-feature cache's format, and the checks a text-only run makes on it
 cache_features.py  computing that cache (`cache-features`)
-evaluate.py        retrieval and zero-shot evaluation (`eval`): eval_sets.py, metrics.py, report.py
+eval_models.py     a model under evaluation: loading it, encoding images and captions, zero-shot accuracy
+evaluate.py        every model on every benchmark (`eval`): eval_sets.py, eval_models.py, metrics.py, report.py
+eval_command.py    the `eval` command line: its arguments, models and benchmarks
 """
