@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from longclip_diffusers.convert import DTYPES
+from longclip_diffusers.families import FAMILIES
 from longclip_diffusers.stretch import CLIP_POSITIONS
 
 from .eval_models import EvalModel
@@ -212,5 +213,6 @@ def run_eval(args: argparse.Namespace) -> str:
             else:
                 headline.append(f"{name} {benchmark} top-1 {values['top1']:.1f}")
     for name, families in report.get("drift", {}).get("models", {}).items():
-        headline.append(f"{name} SD 1.5 drift (real tokens, rel L2) {families['sd15']['real_tokens_rel_l2']:.4f}")
+        drift = families["sd15"]["real_tokens_rel_l2"]
+        headline.append(f"{name} {FAMILIES['sd15'].name} drift (real tokens, rel L2) {drift:.4f}")
     return f"wrote results.json, results.md, results.png to {args.out}: " + "; ".join(headline)
