@@ -16,7 +16,6 @@ from longclip_diffusers.atomic import atomic_write
 from .records import Record
 
 SKIPPED_FILE = "skipped_images.txt"  # the images a run (or a cache) could not use, one `name: reason` a line
-DAMAGED_ARCHIVE = "cut short (a damaged archive)"  # the last sample of a tar shard that ends mid-way
 
 
 class UnusableSample(Exception):

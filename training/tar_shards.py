@@ -15,9 +15,11 @@ from pathlib import Path
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .images import DAMAGED_ARCHIVE, UnusableSample, load_image
+from .images import UnusableSample, load_image
 from .records import IMAGE_SUFFIXES, Record
 from .samples import SampleBuilder
+
+DAMAGED_ARCHIVE = "cut short (a damaged archive)"  # the last sample of a tar shard that ends mid-way
 
 
 def expand_shards(pattern: str) -> list[str]:
