@@ -57,10 +57,20 @@ class Base:
     def environment(self) -> str:
         return f"LONGCLIP_{self.spec.key.upper()}"
 
+    @property
+    def encoder_setting(self) -> str:
+        """The setting that names its Long-CLIP (a key of `ENVIRONMENT`), by the CLIP that Long-CLIP replaces."""
+        return ENCODER_SETTINGS[self.spec.long_encoder.role]
+
 
 BASES = {family.name: Base(family) for family in FAMILIES.values()}
+FIRST_BASE = FAMILIES["sd15"].name  # loaded at start: when its default models cannot load, the demo goes tiny
 DEFAULT_ENCODER = "BeichenZhang/LongCLIP-L"  # Long-CLIP-L: SD 1.5's, SDXL's and SD 3's first encoder, Flux's CLIP
-# SD 2.x conditions on OpenCLIP-H, not CLIP-L: it needs a long H of its own (no published one; `longclip stretch`)
+# The Long-CLIP a base is given, by the CLIP it replaces (the family's `long_encoder.role`): Long-CLIP-L, or for
+# SD 2.x's OpenCLIP-H a long H of its own (no published one; `longclip stretch`). Each is a setting of `longclip demo`:
+# a keyword of `Sources.from_settings`, a flag and an environment variable.
+ENCODER_SETTINGS = {"clip_l": "encoder", "clip_h": "sd2_encoder"}
+ENCODER_FLAGS = {"encoder": "long-encoder", "sd2_encoder": "sd2-encoder"}
 ENVIRONMENT = {"encoder": "LONGCLIP_ENCODER", "sd2_encoder": "LONGCLIP_SD2_ENCODER"}
 MAX_PROMPT_CHARS = 4000  # the prompt and the negative prompt each
 # What one request may cost, so that no prompt stalls the queue for everyone (requests run one at a time): each
@@ -131,9 +141,11 @@ class Sources:
             name: pipelines.get(name) or os.environ.get(base.environment) or base.default
             for name, base in BASES.items()
         }
-        encoder = encoder or os.environ.get(ENVIRONMENT["encoder"]) or DEFAULT_ENCODER
-        sd2_encoder = sd2_encoder or os.environ.get(ENVIRONMENT["sd2_encoder"])
-        encoders = {name: sd2_encoder if base.flag == "sd2" else encoder for name, base in BASES.items()}
+        given = {
+            "encoder": encoder or os.environ.get(ENVIRONMENT["encoder"]) or DEFAULT_ENCODER,
+            "sd2_encoder": sd2_encoder or os.environ.get(ENVIRONMENT["sd2_encoder"]),
+        }
+        encoders = {name: given[base.encoder_setting] for name, base in BASES.items()}
         return cls({name: chosen[name] for name in BASES if encoders[name]}, encoders)
 
     @classmethod
@@ -167,9 +179,10 @@ class Sources:
         """Refuse at once a source that can only be a local path and is not there (a typo): no Hub retries, no
         falling back to other models."""
         for name, pipeline in self.pipelines.items():
-            flag, encoder = ("sd2-encoder", "sd2_encoder") if name == "SD 2.x" else ("long-encoder", "encoder")
-            settings = [(pipeline, BASES[name].flag, BASES[name].environment, "pipeline")]
-            settings += [(self.encoders[name], flag, ENVIRONMENT[encoder], "Long-CLIP encoder")]
+            base = BASES[name]
+            encoder = base.encoder_setting
+            settings = [(pipeline, base.flag, base.environment, "pipeline")]
+            settings += [(self.encoders[name], ENCODER_FLAGS[encoder], ENVIRONMENT[encoder], "Long-CLIP encoder")]
             for source, flag, environment, what in settings:
                 if looks_local(source) and not Path(source).expanduser().exists():
                     raise FileNotFoundError(
@@ -402,11 +415,12 @@ def load_models(args: argparse.Namespace) -> Models:
         sources.check_local_paths()
         models = Models(sources)
         try:
-            models.pair("SD 1.5")
+            models.pair(FIRST_BASE)
             models.sources = models.sources.loadable()
             return models
         except OSError as error:
-            if (sources.pipelines["SD 1.5"], sources.encoders["SD 1.5"]) != (BASES["SD 1.5"].default, DEFAULT_ENCODER):
+            defaults = (BASES[FIRST_BASE].default, DEFAULT_ENCODER)
+            if (sources.pipelines[FIRST_BASE], sources.encoders[FIRST_BASE]) != defaults:
                 raise  # named by a flag or variable: the user wants those models
             logger.warning("Could not load the real models (%s); starting on tiny random components.", error)
     return load_tiny_models()

@@ -112,13 +112,15 @@ def family_spec(family: str, encoder: DriftEncoder) -> TextEncoderSpec | None:
     Flux, which reads none). SDXL and SD 3 read their CLIP-L and bigG the same way."""
     if family not in FAMILIES:
         raise ValueError(f"Unknown family {family!r}; choose one of {', '.join(FAMILIES)} or all.")
-    if family == "flux":
+    spec = families.FAMILIES[family]
+    if spec.long_encoder.layer is None:
         return None
     clip_skip = 0
-    if family == "sd2":  # a tower stored as SD 2.x stores it ends at the layer SD 2.x reads; a full one a layer later
+    # SD 2.x's OpenCLIP-H: a tower stored as SD 2.x stores it ends at the layer SD 2.x reads; a full one a layer later
+    if spec.long_encoder.role == "clip_h":
         config = encoder.text_encoder.config
         clip_skip = 0 if (config.num_hidden_layers, config.hidden_size) == (SD2_LAYERS, 1024) else 1
-    return text_encoder_specs(families.FAMILIES[family], [(encoder.text_encoder, encoder.tokenizer)], clip_skip)[0]
+    return text_encoder_specs(spec, [(encoder.text_encoder, encoder.tokenizer)], clip_skip)[0]
 
 
 def _has_projection(encoder: DriftEncoder) -> bool:
@@ -191,11 +193,13 @@ def read_family(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """`encoder`'s conditioning as `family` reads it: per-token states [N, length, D] (None for Flux) and the
     pooled vector [N, E] it reads (None where it reads none). `token_ids` are `prompts` tokenized (no specials)."""
-    if family == "flux":
+    spec = family_spec(family, encoder)
+    if spec is None:  # Flux: the pooled vector alone
         options = PromptOptions(weighting=False, device=device)
         return None, encode_pooled_prompts(prompts, _pooler_model(encoder), encoder.tokenizer, options)
-    states, text_embeds = encode_windows_direct(family_spec(family, encoder), token_ids, length, device)
-    return states, text_embeds if family in ("sdxl", "sd3") else None
+    states, text_embeds = encode_windows_direct(spec, token_ids, length, device)
+    reads_projection = any(role.pooled == "projection" for role in families.FAMILIES[family].clip_encoders)
+    return states, text_embeds if reads_projection else None
 
 
 @torch.no_grad()

@@ -167,8 +167,9 @@ def test_eval_reports_drift_beside_retrieval(tiny_components, tmp_path):
     from PIL import Image
 
     from longclip_diffusers.tiny import tiny_clip_model
+    from longclip_diffusers.training.eval_models import EvalModel
     from longclip_diffusers.training.eval_sets import load_jsonl
-    from longclip_diffusers.training.evaluate import EvalModel, evaluate
+    from longclip_diffusers.training.evaluate import evaluate
 
     tiny_clip_model(0).save_pretrained(tmp_path / "clip")  # the CLIP `longclip-l` was stretched from
     for index, colour in enumerate(("red", "blue")):

@@ -31,16 +31,6 @@ from longclip_diffusers.atomic import atomic_write, replace_when_done
 from longclip_diffusers.convert import DTYPES
 
 from .config import TrainConfig
-from .data import (
-    SKIPPED_FILE,
-    CaptionDataset,
-    SampleBuilder,
-    UnusableSample,
-    check_images_exist,
-    is_shard_pattern,
-    read_records,
-    write_skipped,
-)
 from .disk import DiskFull, from_full_disk
 from .feature_cache import (
     CACHE_FILE,
@@ -60,7 +50,11 @@ from .feature_cache import (
     tensors_sha256,
     write_shard,
 )
+from .images import SKIPPED_FILE, UnusableSample, check_images_exist, write_skipped
 from .model import build_model
+from .records import read_records
+from .samples import CaptionDataset, SampleBuilder
+from .tar_shards import is_shard_pattern
 
 logger = logging.getLogger(__name__)
 

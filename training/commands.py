@@ -7,7 +7,7 @@ from longclip_diffusers.commands import Command
 
 from .cache_features import add_cache_arguments, run_cache_features
 from .config import add_train_arguments
-from .evaluate import add_eval_arguments, run_eval
+from .eval_command import add_eval_arguments, run_eval
 from .train import run_train
 
 TRAIN = Command(

@@ -3,8 +3,8 @@ and zero-shot sets (a class-per-folder image set and prompt templates).
 
 The benchmarks of Long-CLIP (arXiv 2403.15378, sec. 4): long-caption retrieval (Urban-1k, ShareGPT4V-1k, DOCCI),
 short-caption retrieval (COCO 5k, Flickr30k 1k) and zero-shot classification (ImageNet); any other set as JSON
-lines. ShareGPT4V, JSON lines and JSON files are read by the readers training uses (`data.py`), with their
-`file:line` errors.
+lines. ShareGPT4V, JSON lines and JSON files are read by the readers training uses (`records.py`, `text_files.py`),
+with their `file:line` errors.
 """
 
 from __future__ import annotations
@@ -17,14 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .data import (
-    IMAGE_SUFFIXES,
-    SHAREGPT4V_HELD_OUT,
-    RecordTable,
-    jsonl_rows,
-    read_json_file,
-    read_sharegpt4v_test_split,
-)
+from .records import IMAGE_SUFFIXES, SHAREGPT4V_HELD_OUT, RecordTable, read_sharegpt4v_test_split
+from .text_files import jsonl_rows, read_json_file
 
 logger = logging.getLogger(__name__)
 

@@ -37,7 +37,9 @@ from longclip_diffusers.convert import DTYPES
 from longclip_diffusers.weights_files import safetensors_header
 from longclip_diffusers.writing import SAFETENSORS_DTYPES
 
-from .data import CaptionDataset, SampleBuilder, UnusableSample, is_shard_pattern
+from .images import UnusableSample
+from .samples import CaptionDataset, SampleBuilder
+from .tar_shards import is_shard_pattern
 
 FORMAT = "longclip-image-features/1"
 CACHE_FILE = "cache.json"

@@ -22,8 +22,9 @@ from longclip_diffusers.formats import checkpoint_from_state_dict
 from longclip_diffusers.writing import save_clip, save_diffusers
 
 from .config import TrainConfig
-from .data import SKIPPED_FILE, is_shard_pattern
 from .feature_cache import CACHE_FILE
+from .images import SKIPPED_FILE
+from .tar_shards import is_shard_pattern
 
 TRACKER_RUN = "longclip"  # accelerate's trackers log under OUT/longclip
 RUN_FILES = ("config.json", "metrics.jsonl", SKIPPED_FILE, "loss.png", "final", "checkpoints", TRACKER_RUN)

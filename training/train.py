@@ -29,23 +29,13 @@ from longclip_diffusers.tokenizer import LongCLIPTokenizer
 
 from .checkpoints import newest_intact_checkpoint, resume_checkpoint, save_checkpoint
 from .config import TrainConfig, config_from_args
-from .data import (
-    CaptionDataset,
-    SampleBuilder,
-    StreamPosition,
-    TarShardDataset,
-    check_images_exist,
-    collate,
-    expand_shards,
-    is_shard_pattern,
-    read_records,
-    write_skipped,
-)
 from .disk import DiskFull, from_full_disk
 from .feature_cache import CachedCaptionDataset, FeatureCache, check_cache_for_run
+from .images import check_images_exist, write_skipped
 from .loss import LongCLIPLoss
 from .model import FrozenRows, TrainingModel, build_model, open_clip_config
 from .preserve import ConditioningKeeper
+from .records import read_records
 from .run_folder import (
     TRACKER_RUN,
     append_metrics,
@@ -56,6 +46,8 @@ from .run_folder import (
     plot_losses,
     truncate_metrics,
 )
+from .samples import CaptionDataset, SampleBuilder, collate
+from .tar_shards import StreamPosition, TarShardDataset, expand_shards, is_shard_pattern
 
 logger = logging.getLogger(__name__)
 

@@ -24,20 +24,11 @@ import torch
 from helpers.training import config_for, losses_of, train_args, write_dataset, write_shards
 from PIL import Image
 
-from longclip_diffusers.training import data
-from longclip_diffusers.training.data import (
-    CaptionDataset,
-    SampleBuilder,
-    StreamPosition,
-    TarShardDataset,
-    UnusableSample,
-    check_images_exist,
-    collate,
-    expand_shards,
-    read_image,
-    read_records,
-    read_sharegpt4v_test_split,
-)
+from longclip_diffusers.training import tar_shards, text_files
+from longclip_diffusers.training.images import UnusableSample, check_images_exist, read_image
+from longclip_diffusers.training.records import read_records, read_sharegpt4v_test_split
+from longclip_diffusers.training.samples import CaptionDataset, SampleBuilder, collate
+from longclip_diffusers.training.tar_shards import StreamPosition, TarShardDataset, expand_shards
 from longclip_diffusers.training.train import train
 
 
@@ -104,12 +95,12 @@ def test_members_of_a_sample_are_grouped_by_webdataset_keys(tmp_path):
     with tarfile.open(shard, "w") as archive:
         for name in ("./a.png", "./a.txt", "dir.v2/b.png", "dir.v2/b.json", "README", "c.x.png", "c.x.txt"):
             add_member(archive, name, name.encode())
-    assert [(key, sorted(parts)) for key, parts in data._tar_samples(str(shard))] == [
+    assert [(key, sorted(parts)) for key, parts in tar_shards._tar_samples(str(shard))] == [
         ("./a", ["png", "txt"]),
         ("dir.v2/b", ["json", "png"]),
         ("c", ["x.png", "x.txt"]),  # webdataset: the key ends at the file name's first dot
     ]
-    assert [key for key, _ in data._tar_samples(str(shard), skip=2)] == ["c"]
+    assert [key for key, _ in tar_shards._tar_samples(str(shard), skip=2)] == ["c"]
 
 
 @pytest.mark.parametrize("cut", ["inside-a-member", "between-members", "between-samples"])
@@ -128,7 +119,7 @@ def test_a_tar_shard_cut_short_names_its_last_sample_a_damaged_archive(tmp_path,
     }[cut]
     shard.write_bytes(shard.read_bytes()[:end])
     last = "b" if cut == "between-samples" else "c"
-    samples = list(data._tar_samples(str(shard)))
+    samples = list(tar_shards._tar_samples(str(shard)))
     assert [key for key, _ in samples] == (["a", "b"] if last == "b" else ["a", "b", "c"])
     assert samples[-1][1] is None and all(parts for _, parts in samples[:-1])
     streamed = list(TarShardDataset([str(shard)], pixel_builder()))
@@ -244,7 +235,7 @@ def sharegpt4v_entry(index: int) -> dict:
 MEASURE_MEMORY = r"""
 import gc, json, multiprocessing, sys, time
 from pathlib import Path
-from longclip_diffusers.training.data import read_records
+from longclip_diffusers.training.records import read_records
 
 def memory(*fields):
     text = Path("/proc/self/status").read_text() + Path("/proc/self/smaps_rollup").read_text()
@@ -348,27 +339,27 @@ def test_the_test_split_is_read_without_the_rest_of_the_file(tmp_path):
 
 @pytest.mark.parametrize("chunk", [1, 5, 64, 1 << 24])
 def test_json_lists_read_in_chunks_give_what_json_gives(tmp_path, monkeypatch, chunk):
-    monkeypatch.setattr(data, "_JSON_CHUNK", chunk)
+    monkeypatch.setattr(text_files, "_JSON_CHUNK", chunk)
     entries = [
         {"image": f"x/{i}.jpg", "n": [1.5e-3, -25, True, None], "s": 'é 漢 😀 \\ "q"\n\u2028'} for i in range(40)
     ]
     for indent, ascii_only in ((None, True), (2, False)):
         (tmp_path / "a.json").write_text(json.dumps(entries, indent=indent, ensure_ascii=ascii_only))
-        assert list(data._json_list(tmp_path / "a.json", "entries")) == entries
+        assert list(text_files.json_list(tmp_path / "a.json", "entries")) == entries
     for text in ("[1, 2,]", "[1 2]", "[1, 2] x", '[{"a":\n 1,,}]', '[1,\n\n  {"b": tru}]', "[", '["a\nb"]', '["abc'):
         (tmp_path / "b.json").write_text(text)
         with pytest.raises(json.JSONDecodeError) as expected:
             json.loads(text)
         error = expected.value
         with pytest.raises(ValueError) as got:
-            list(data._json_list(tmp_path / "b.json", "entries"))
+            list(text_files.json_list(tmp_path / "b.json", "entries"))
         assert (
             str(got.value)
             == f"{tmp_path / 'b.json'}:{error.lineno}: not valid JSON ({error.msg}, column {error.colno})."
         )
     (tmp_path / "c.json").write_bytes(b'["a",\n"b\xe9"]')
     with pytest.raises(ValueError, match=r"c\.json:2: not UTF-8 text \(byte 0xe9\)"):
-        list(data._json_list(tmp_path / "c.json", "entries"))
+        list(text_files.json_list(tmp_path / "c.json", "entries"))
 
 
 # ----------------------------------------------------------------------------------------------------------

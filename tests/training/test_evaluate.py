@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from longclip_diffusers.convert import convert
+from longclip_diffusers.training.eval_command import add_eval_arguments, parse_models, run_eval
+from longclip_diffusers.training.eval_models import EvalModel, encode_images, encode_texts, load_model
 from longclip_diffusers.training.eval_sets import (
     RetrievalSet,
     load_coco,
@@ -24,16 +26,7 @@ from longclip_diffusers.training.eval_sets import (
     load_zero_shot,
     read_templates,
 )
-from longclip_diffusers.training.evaluate import (
-    EvalModel,
-    add_eval_arguments,
-    encode_images,
-    encode_texts,
-    evaluate,
-    load_model,
-    parse_models,
-    run_eval,
-)
+from longclip_diffusers.training.evaluate import evaluate
 from longclip_diffusers.training.metrics import retrieval_metrics
 
 WORDS = (

@@ -40,8 +40,8 @@ from longclip_diffusers.cli import main
 from longclip_diffusers.training import cache_features as cache_features_module
 from longclip_diffusers.training import feature_cache
 from longclip_diffusers.training import model as model_module
-from longclip_diffusers.training.data import UnusableSample
 from longclip_diffusers.training.feature_cache import FeatureCache
+from longclip_diffusers.training.images import UnusableSample
 from longclip_diffusers.training.model import TextCLIP, build_model
 from longclip_diffusers.training.train import train
 

@@ -19,15 +19,10 @@ from safetensors.torch import load_file
 from transformers import CLIPModel
 
 from longclip_diffusers.training.config import TrainConfig
-from longclip_diffusers.training.data import (
-    CaptionDataset,
-    SampleBuilder,
-    debias_short_caption,
-    first_sentence,
-    read_records,
-)
 from longclip_diffusers.training.loss import LongCLIPLoss, pca_reconstruct
 from longclip_diffusers.training.model import build_model
+from longclip_diffusers.training.records import read_records
+from longclip_diffusers.training.samples import CaptionDataset, SampleBuilder, debias_short_caption, first_sentence
 from longclip_diffusers.training.train import train
 
 

@@ -27,8 +27,10 @@ from safetensors.torch import load_file
 
 from longclip_diffusers.cli import main
 from longclip_diffusers.training import train as training_module
-from longclip_diffusers.training.data import SampleBuilder, TarShardDataset, collate, expand_shards, read_records
 from longclip_diffusers.training.model import build_model
+from longclip_diffusers.training.records import read_records
+from longclip_diffusers.training.samples import SampleBuilder, collate
+from longclip_diffusers.training.tar_shards import TarShardDataset, expand_shards
 from longclip_diffusers.training.train import build_loader, train
 
 
