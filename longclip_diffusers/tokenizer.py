@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import html
+import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -37,6 +40,8 @@ DEFAULT_MAX_LENGTH = LONG_CLIP_POSITIONS
 _MAX_SANE_LENGTH = 100_000  # saved configs use 1e30-like values to mean "unset"
 # transformers 4.x fast tokenizers route every call through `_batch_encode_plus`; 5.x through `_encode_plus`.
 _BATCH_IS_CHOKE_POINT = hasattr(CLIPTokenizerFast, "_batch_encode_plus")
+# transformers 5.x builds a CLIP tokenizer from a vocabulary and merges in memory; 4.x only from files.
+_BUILDS_FROM_MEMORY = "merges" in inspect.signature(CLIPTokenizerFast.__init__).parameters
 
 
 def clean_text(text: str) -> str:
@@ -54,18 +59,36 @@ def _clean_inputs(value: Any) -> Any:
     return value
 
 
-def write_clip_vocab(folder: str | Path) -> None:
-    """Write CLIP's vocabulary as Hugging Face `vocab.json` + `merges.txt`, from open_clip's BPE file."""
-    from open_clip.tokenizer import bytes_to_unicode, default_bpe  # open_clip is slow to import: only here
+def _byte_characters() -> list[str]:
+    """The character byte-level BPE gives each of the 256 bytes: printable Latin-1 bytes stand for themselves,
+    the others take the characters from U+0100 on, in byte order; listed printable bytes first."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [byte for byte in range(256) if byte not in printable]
+    return [chr(byte) for byte in printable] + [chr(256 + n) for n in range(len(others))]
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with gzip.open(default_bpe(), "rt", encoding="utf-8") as f:
+
+@functools.cache
+def clip_vocab() -> tuple[dict[str, int], list[str]]:
+    """CLIP's vocabulary (token -> id) and BPE merges ("a b"), from the BPE file open_clip ships.
+
+    Read once per process; open_clip (slow to import: it imports timm) is located, not imported.
+    """
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or spec.origin is None:
+        raise ImportError("CLIP's BPE vocabulary comes with open_clip: `pip install open_clip_torch`.")
+    with gzip.open(Path(spec.origin).parent / "bpe_simple_vocab_16e6.txt.gz", "rt", encoding="utf-8") as f:
         merges = f.read().split("\n")[1 : 49152 - 256 - 2 + 1]
-    byte_chars = list(bytes_to_unicode().values())
+    byte_chars = _byte_characters()
     tokens = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges]
     tokens += [CLIP_BOS_TOKEN, CLIP_EOS_TOKEN]  # ids CLIP_BOS_TOKEN_ID, CLIP_EOS_TOKEN_ID
-    vocab = {token: i for i, token in enumerate(tokens)}
+    return {token: i for i, token in enumerate(tokens)}, merges
+
+
+def write_clip_vocab(folder: str | Path) -> None:
+    """Write CLIP's vocabulary as Hugging Face `vocab.json` + `merges.txt`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab, merges = clip_vocab()
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
 
@@ -152,11 +175,17 @@ class LongCLIPTokenizer(CLIPTokenizerFast):
     def from_clip_bpe(
         cls, model_max_length: int = DEFAULT_MAX_LENGTH, pad_token: str = CLIP_PAD_TOKEN
     ) -> LongCLIPTokenizer:
-        """Build the tokenizer offline from the BPE file that open_clip ships (about 0.2 s)."""
+        """Build the tokenizer offline from the BPE file that open_clip ships: in memory with transformers 5,
+        through a temporary vocabulary folder with 4.x."""
         _check_max_length(model_max_length)
-        with tempfile.TemporaryDirectory() as folder:
-            write_clip_vocab(folder)
-            tokenizer = super().from_pretrained(folder, model_max_length=model_max_length, pad_token=pad_token)
+        if _BUILDS_FROM_MEMORY:
+            vocab, merges = clip_vocab()
+            pairs = [tuple(merge.split()) for merge in merges]
+            tokenizer = cls(vocab=dict(vocab), merges=pairs, model_max_length=model_max_length, pad_token=pad_token)
+        else:
+            with tempfile.TemporaryDirectory() as folder:
+                write_clip_vocab(folder)
+                tokenizer = super().from_pretrained(folder, model_max_length=model_max_length, pad_token=pad_token)
         tokenizer.name_or_path = "clip-bpe"  # not the deleted temporary folder
         return tokenizer
 
