@@ -125,6 +125,9 @@ def encode_sd3(
         )
     specs, prompts_2 = _clip_l_and_g_inputs(long_clip, clip_g, "sd3", text, text_g, clip_skip)
     with host.on_load_device(long_clip.text_encoder, clip_g.text_encoder, *_t5_to_move(t5)) as device:
+        options = PromptOptions(
+            strategy=strategy, weighting=weighting, max_windows=max_windows, device=device, weight_style=weight_style
+        )
         cond, pooled = encode_sd3_prompts(
             [text],
             specs,
@@ -133,13 +136,7 @@ def encode_sd3(
             prompts_2=prompts_2,
             prompts_3=[text_t5 or text],
             max_sequence_length=max_sequence_length,
-            options=PromptOptions(
-                strategy=strategy,
-                weighting=weighting,
-                max_windows=max_windows,
-                device=device,
-                weight_style=weight_style,
-            ),
+            options=options,
         )
     return _to_output(cond), _to_output(pooled)
 
