@@ -96,14 +96,14 @@ so a prompt gives the same conditioning as its diffusers pipelines (`LongCLIPSta
   `clip_skip`, `weighting`, `max_windows` (0: no limit), `weight_style`.
 - **Long-CLIP Text Encode (SDXL)** (`LongCLIPTextEncodeSDXL`) -> `CONDITIONING` with `pooled_output`:
   `long_clip` (clip_l), `clip_g`, the sizes of CLIPTextEncodeSDXL, `text`, `strategy` (`chunk` or `stretch`);
-  optional `text_g` (bigG's prompt, empty: `text`), `clip_skip`, `weighting`, `max_windows`.
+  optional `text_g` (bigG's prompt, empty: `text`), `clip_skip`, `weighting`, `max_windows`, `weight_style`.
 - **Long-CLIP Text Encode (SD3)** (`LongCLIPTextEncodeSD3`) -> `CONDITIONING` with `pooled_output`, as
   CLIPTextEncodeSD3: `long_clip` (clip_l, with its text projection), `clip_g`, `t5`, `text`, `strategy`; optional
   `text_g`, `text_t5` (empty: `text`), `clip_skip`, `weighting`, `max_windows`, `max_sequence_length` (T5's
-  tokens, default 256).
+  tokens, default 256), `weight_style`.
 - **Long-CLIP Text Encode (Flux)** (`LongCLIPTextEncodeFlux`) -> `CONDITIONING` with `pooled_output` and
   `guidance`, as CLIPTextEncodeFlux: `long_clip` (clip_l), `t5`, `text`, `guidance`; optional `text_t5`,
-  `weighting`, `max_sequence_length` (default 512).
+  `weighting`, `max_sequence_length` (default 512), `weight_style`.
 - **T5 from CLIP (Long-CLIP)** (`LongCLIPT5FromCLIP`) -> `LONGCLIP_T5`: `clip`, a ComfyUI CLIP holding T5.
 - **Long-CLIP from CLIP (stretch)** (`LongCLIPStretch`) -> `LONGCLIP`: `clip` (e.g. from Load Checkpoint),
   `clip_type`, `keep`, `ratio`.
@@ -119,8 +119,8 @@ so a prompt gives the same conditioning as its diffusers pipelines (`LongCLIPSta
   scaled fp8) loads T5 alone; DualCLIPLoader, TripleCLIPLoader and checkpoints that bundle T5 work too. "T5 from
   CLIP" reads it in place: the nodes run the CLIP's own T5 (its dtype, ComfyUI's memory management), never a
   second copy.
-- `weight_style` (SD 1.5 node): `a1111` (default) weights as A1111 and the diffusers pipelines; `comfyui` as
-  ComfyUI's CLIPTextEncode, for the same conditioning as core.
+- `weight_style` (every encode node): `a1111` (default) weights as A1111 and the diffusers pipelines; `comfyui` as
+  ComfyUI's CLIPTextEncode (CLIP's and T5's states), for the same conditioning as core.
 - Flux reads only Long-CLIP-L's pooled vector: up to 246 tokens of `text` (to the first `BREAK`); T5 reads up to
   `max_sequence_length` tokens. Weights scale T5's states (and CLIP's states for SD 3), never a pooled vector.
 - "Long-CLIP from CLIP" with `ratio` 4 makes a training-free 248-position encoder from a 77-position one.

@@ -14,13 +14,12 @@ from ..families import FAMILIES
 from ..prompts import (
     PromptOptions,
     TextEncoderSpec,
+    WeightStyle,
     check_strategy,
     encode_flux_prompts,
     encode_prompts,
     encode_sd3_prompts,
-    encode_windows_direct,
     text_encoder_specs,
-    tokenize_windows,
 )
 from . import host
 from .encoders import LongCLIP
@@ -33,11 +32,6 @@ def _check_clip_skip(clip_skip: int, *long_clips: LongCLIP, skipped_anyway: int 
         raise ValueError(f"clip_skip={clip_skip} is out of range for a {layers}-layer text encoder.")
 
 
-# How a weight acts on a token's state: A1111's (the pipelines': scale, then restore the mean) or ComfyUI core's
-# (move the state away from the empty prompt's state at its position: (z - z_empty) * weight + z_empty).
-WEIGHT_STYLES = ("a1111", "comfyui")
-
-
 def encode_sd(
     long_clip: LongCLIP,
     text: str,
@@ -45,47 +39,21 @@ def encode_sd(
     clip_skip: int = 0,
     weighting: bool = True,
     max_windows: int | None = None,
-    weight_style: str = "a1111",
+    weight_style: WeightStyle = "a1111",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """SD 1.x conditioning [1, windows * 248, 768] and the pooled vector (None without a text projection).
 
     As the SD pipeline: the last layer after the final layer norm, `clip_skip` layers earlier; weights act as
-    `weight_style` says (`WEIGHT_STYLES`).
+    `weight_style` says (`WEIGHT_STYLES`: A1111's and the pipelines', or ComfyUI core's).
     """
     if long_clip.clip_type != "clip_l":
         raise ValueError(f"{long_clip.source}: is loaded as {long_clip.clip_type}; SD 1.x reads a clip_l encoder.")
-    if weight_style not in WEIGHT_STYLES:
-        raise ValueError(f"Unknown weight_style {weight_style!r}; choose one of {', '.join(WEIGHT_STYLES)}.")
     _check_clip_skip(clip_skip, long_clip)
     specs = text_encoder_specs(FAMILIES["sd15"], [(long_clip.text_encoder, long_clip.tokenizer)], clip_skip)
     with host.on_load_device(long_clip.text_encoder) as device:
-        options = PromptOptions(weighting=weighting, max_windows=max_windows, device=device)
-        if weighting and weight_style == "comfyui":
-            cond, pooled = _encode_weighted_as_comfyui(specs[0], text, options)
-        else:
-            cond, pooled = encode_prompts([text], specs, options)
+        options = PromptOptions(weighting=weighting, max_windows=max_windows, device=device, weight_style=weight_style)
+        cond, pooled = encode_prompts([text], specs, options)
     return _to_output(cond), _to_output(pooled)
-
-
-@torch.no_grad()
-def _encode_weighted_as_comfyui(
-    spec: TextEncoderSpec, text: str, options: PromptOptions
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Windows as `encode_prompts` makes them, each weighted token's state moved as ComfyUI core's
-    CLIPTextEncode moves it (comfy/sd1_clip.py): `(z - z_empty) * weight + z_empty`, z_empty the empty prompt's
-    state at the same position."""
-    length = spec.num_positions
-    windows = tokenize_windows(text, spec.tokenizer, length - 2, True, options.max_windows)
-    token_ids = windows.token_ids or [[]]
-    hidden, pooled = encode_windows_direct(spec, token_ids, length, options.device)
-    if windows.is_weighted:
-        empty, _ = encode_windows_direct(spec, [[]], length, options.device)
-        weights = torch.ones(len(token_ids), length, 1, device=hidden.device)
-        for row, window_weights in zip(weights, windows.weights, strict=True):
-            row[1 : 1 + len(window_weights), 0] = torch.tensor(window_weights)
-        hidden = torch.where(weights != 1.0, (hidden - empty) * weights + empty, hidden)
-    pooled = None if pooled is None else pooled[:1]
-    return hidden.reshape(1, len(token_ids) * length, -1), pooled
 
 
 def encode_sdxl(
@@ -98,17 +66,20 @@ def encode_sdxl(
     clip_skip: int = 0,
     weighting: bool = True,
     max_windows: int | None = None,
+    weight_style: WeightStyle = "a1111",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SDXL conditioning [1, windows * 248, 768 + 1280] and bigG's pooled vector [1, 1280].
 
     As the SDXL pipeline: both encoders' penultimate layers without the final norm (`clip_skip` layers earlier),
     concatenated; bigG reads `text_g` when given (SDXL's `prompt_2`) and, when shorter than CLIP-L, is chunked
-    or stretched by `strategy`.
+    or stretched by `strategy`; weights act as `weight_style` says.
     """
     _check_clip_l_and_g(long_clip, clip_g, "sdxl", strategy)
     specs, prompts_2 = _clip_l_and_g_inputs(long_clip, clip_g, "sdxl", text, text_g, clip_skip)
     with host.on_load_device(long_clip.text_encoder, clip_g.text_encoder) as device:
-        options = PromptOptions(strategy=strategy, weighting=weighting, max_windows=max_windows, device=device)
+        options = PromptOptions(
+            strategy=strategy, weighting=weighting, max_windows=max_windows, device=device, weight_style=weight_style
+        )
         cond, pooled = encode_prompts([text], specs, options, prompts_2)
     return _to_output(cond), _to_output(pooled)
 
@@ -137,12 +108,14 @@ def encode_sd3(
     weighting: bool = True,
     max_windows: int | None = None,
     max_sequence_length: int = 256,
+    weight_style: WeightStyle = "a1111",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SD 3 conditioning [1, windows * 248 + max_sequence_length, T5's width] and both CLIP projections [1, E + G].
 
     As the SD 3 pipeline: CLIP-L's and bigG's penultimate layers without the final norm (`clip_skip` layers
     earlier) side by side, zero-padded to T5's width, then T5's states; bigG reads `text_g` and T5 `text_t5` when
-    given (SD 3's `prompt_2` / `prompt_3`); bigG is chunked or stretched by `strategy` when shorter than CLIP-L.
+    given (SD 3's `prompt_2` / `prompt_3`); bigG is chunked or stretched by `strategy` when shorter than CLIP-L;
+    weights act on CLIP's and T5's states as `weight_style` says.
     """
     _check_clip_l_and_g(long_clip, clip_g, "sd3", strategy)
     if not long_clip.has_projection:
@@ -152,6 +125,9 @@ def encode_sd3(
         )
     specs, prompts_2 = _clip_l_and_g_inputs(long_clip, clip_g, "sd3", text, text_g, clip_skip)
     with host.on_load_device(long_clip.text_encoder, clip_g.text_encoder, *_t5_to_move(t5)) as device:
+        options = PromptOptions(
+            strategy=strategy, weighting=weighting, max_windows=max_windows, device=device, weight_style=weight_style
+        )
         cond, pooled = encode_sd3_prompts(
             [text],
             specs,
@@ -160,7 +136,7 @@ def encode_sd3(
             prompts_2=prompts_2,
             prompts_3=[text_t5 or text],
             max_sequence_length=max_sequence_length,
-            options=PromptOptions(strategy=strategy, weighting=weighting, max_windows=max_windows, device=device),
+            options=options,
         )
     return _to_output(cond), _to_output(pooled)
 
@@ -173,10 +149,11 @@ def encode_flux(
     *,
     weighting: bool = True,
     max_sequence_length: int = 512,
+    weight_style: WeightStyle = "a1111",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Flux conditioning: T5's states [1, max_sequence_length, T5's width] of `text_t5` (Flux's `prompt_2`; default
     `text`) and CLIP-L's pooled output [1, 768] of `text`'s first window, without the projection (as the Flux
-    pipeline)."""
+    pipeline); weights act on T5's states as `weight_style` says."""
     if long_clip.clip_type != "clip_l":
         raise ValueError(f"{long_clip.source}: is loaded as {long_clip.clip_type}; Flux reads a clip_l encoder.")
     clip_l = long_clip.text_encoder.text_model if long_clip.has_projection else long_clip.text_encoder
@@ -189,7 +166,7 @@ def encode_flux(
             t5.tokenizer,
             prompts_2=[text_t5] if text_t5 else None,
             max_sequence_length=max_sequence_length,
-            options=PromptOptions(weighting=weighting, device=device),
+            options=PromptOptions(weighting=weighting, device=device, weight_style=weight_style),
         )
     return _to_output(cond), _to_output(pooled)
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..prompts import SDXL_STRATEGIES
+from ..prompts import SDXL_STRATEGIES, WEIGHT_STYLES
 from ..stretch import CLIP_POSITIONS, DEFAULT_KEEP, DEFAULT_RATIO, max_ratio
 from . import host
 from .checkpoint import load_long_clip_checkpoint
-from .conditioning import WEIGHT_STYLES, encode_flux, encode_sd, encode_sd3, encode_sdxl
+from .conditioning import encode_flux, encode_sd, encode_sd3, encode_sdxl
 from .encoders import CLIP_TYPES, LongCLIP, load_long_clip, long_clip_from_comfy_clip
 from .t5 import T5, t5_from_comfy_clip
 
@@ -23,6 +23,14 @@ MAX_RESOLUTION = 16384  # ComfyUI's nodes.MAX_RESOLUTION
 MAX_T5_TOKENS = 512  # what the SD 3 and Flux pipelines accept as max_sequence_length
 
 _TEXT = ("STRING", {"multiline": True, "dynamicPrompts": True, "tooltip": "The prompt; A1111 weighting, BREAK."})
+_WEIGHT_STYLE = (
+    list(WEIGHT_STYLES),
+    {
+        "default": "a1111",
+        "tooltip": "How (word:1.3) acts. a1111: as A1111 and the diffusers pipelines (scale, keep the mean). comfyui: "
+        "as ComfyUI's CLIPTextEncode (away from the empty prompt), the same conditioning as core gives.",
+    },
+)
 _OPTIONS = {
     "clip_skip": ("INT", {"default": 0, "min": 0, "max": 12, "tooltip": "Read this many layers earlier."}),
     "weighting": (
@@ -33,16 +41,8 @@ _OPTIONS = {
         "INT",
         {"default": 0, "min": 0, "max": 64, "tooltip": "Drop prompt text past this many 248-token windows (0: all)."},
     ),
+    "weight_style": _WEIGHT_STYLE,
 }
-
-_WEIGHT_STYLE = (
-    list(WEIGHT_STYLES),
-    {
-        "default": "a1111",
-        "tooltip": "How (word:1.3) acts. a1111: as A1111 and the diffusers pipelines (scale, keep the mean). comfyui: "
-        "as ComfyUI's CLIPTextEncode (away from the empty prompt), the same conditioning as core gives.",
-    },
-)
 
 _STRATEGY = (
     list(SDXL_STRATEGIES),
@@ -114,7 +114,7 @@ class LongCLIPTextEncode:
     def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:
         return {
             "required": {"long_clip": (LONGCLIP, {}), "text": _TEXT},
-            "optional": {**_OPTIONS, "weight_style": _WEIGHT_STYLE},
+            "optional": _OPTIONS,
         }
 
     def encode(
@@ -183,6 +183,7 @@ class LongCLIPTextEncodeSDXL:
         clip_skip: int = 0,
         weighting: bool = True,
         max_windows: int = 0,
+        weight_style: str = "a1111",
     ) -> tuple[list]:
         cond, pooled = encode_sdxl(
             long_clip,
@@ -193,6 +194,7 @@ class LongCLIPTextEncodeSDXL:
             clip_skip=clip_skip,
             weighting=weighting,
             max_windows=max_windows,
+            weight_style=weight_style,
         )
         sizes = dict(
             width=width,
@@ -248,6 +250,7 @@ class LongCLIPTextEncodeSD3:
         weighting: bool = True,
         max_windows: int = 0,
         max_sequence_length: int = 256,
+        weight_style: str = "a1111",
     ) -> tuple[list]:
         cond, pooled = encode_sd3(
             long_clip,
@@ -261,6 +264,7 @@ class LongCLIPTextEncodeSD3:
             weighting=weighting,
             max_windows=max_windows,
             max_sequence_length=max_sequence_length,
+            weight_style=weight_style,
         )
         return ([[cond, {"pooled_output": pooled}]],)
 
@@ -290,6 +294,7 @@ class LongCLIPTextEncodeFlux:
                 "text_t5": _TEXT_T5,
                 "weighting": _OPTIONS["weighting"],
                 "max_sequence_length": _t5_tokens(MAX_T5_TOKENS),
+                "weight_style": _WEIGHT_STYLE,
             },
         }
 
@@ -302,9 +307,16 @@ class LongCLIPTextEncodeFlux:
         text_t5: str = "",
         weighting: bool = True,
         max_sequence_length: int = MAX_T5_TOKENS,
+        weight_style: str = "a1111",
     ) -> tuple[list]:
         cond, pooled = encode_flux(
-            long_clip, t5, text, text_t5 or None, weighting=weighting, max_sequence_length=max_sequence_length
+            long_clip,
+            t5,
+            text,
+            text_t5 or None,
+            weighting=weighting,
+            max_sequence_length=max_sequence_length,
+            weight_style=weight_style,
         )
         return ([[cond, {"pooled_output": pooled, "guidance": guidance}]],)
 

@@ -11,9 +11,11 @@ from .compositions import check_projection, encode_flux_prompts, encode_sd3_prom
 from .encoding import (
     DEFAULT_OPTIONS,
     SDXL_STRATEGIES,
+    WEIGHT_STYLES,
     PromptOptions,
     SDXLStrategy,
     TextEncoderSpec,
+    WeightStyle,
     apply_weights,
     check_max_windows,
     check_strategy,
@@ -25,6 +27,7 @@ from .encoding import (
     encode_windows_direct,
     final_layer_norm,
     stretched_view,
+    weight_from_empty,
     window_input_ids,
 )
 from .syntax import BREAK, EMPHASIS, MAX_WEIGHT, parse_weighted_prompt
@@ -40,6 +43,8 @@ __all__ = [
     "PromptWindows",
     "SDXLStrategy",
     "TextEncoderSpec",
+    "WEIGHT_STYLES",
+    "WeightStyle",
     "apply_weights",
     "check_max_windows",
     "check_projection",
@@ -59,5 +64,6 @@ __all__ = [
     "text_encoder_specs",
     "tokenize_weighted",
     "tokenize_windows",
+    "weight_from_empty",
     "window_input_ids",
 ]

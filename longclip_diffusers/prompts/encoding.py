@@ -41,6 +41,10 @@ logger = logging.getLogger(__name__)
 
 SDXLStrategy = Literal["chunk", "stretch"]
 SDXL_STRATEGIES: tuple[str, ...] = ("chunk", "stretch")
+# How a weight acts on a token's state: "a1111", as A1111 and the pipelines (scale, then restore the mean:
+# `apply_weights`); "comfyui", as ComfyUI core's CLIPTextEncode (away from the empty prompt: `weight_from_empty`).
+WeightStyle = Literal["a1111", "comfyui"]
+WEIGHT_STYLES: tuple[str, ...] = ("a1111", "comfyui")
 
 
 def check_strategy(strategy: object, name: str = "strategy") -> None:
@@ -67,7 +71,8 @@ class PromptOptions:
     syntax; `max_windows`: drop text past this many windows, with a warning (None or 0: no limit); `min_windows`:
     pad every prompt to at least this many windows; `split_at`: encode `prompts[:split_at]` and
     `prompts[split_at:]` in separate forward passes (as diffusers encodes positive and negative prompts);
-    `device`: where the encoders run (their own device when None).
+    `device`: where the encoders run (their own device when None); `weight_style`: how a weight acts on a token's
+    state (`WEIGHT_STYLES`).
     """
 
     strategy: SDXLStrategy = "chunk"
@@ -76,9 +81,12 @@ class PromptOptions:
     min_windows: int = 1
     split_at: int | None = None
     device: torch.device | str | None = None
+    weight_style: WeightStyle = "a1111"
 
     def __post_init__(self) -> None:
         check_strategy(self.strategy)
+        if self.weight_style not in WEIGHT_STYLES:
+            raise ValueError(f"weight_style={self.weight_style!r}; choose one of {', '.join(WEIGHT_STYLES)}.")
         object.__setattr__(self, "max_windows", check_max_windows(self.max_windows))
 
 
@@ -216,6 +224,23 @@ def apply_weights(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (weighted * factor).to(hidden.dtype)
 
 
+def weight_from_empty(hidden: torch.Tensor, empty: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """ComfyUI core's emphasis (comfy/sd1_clip.py): each weighted token's state [B, T, D] moved away from the empty
+    prompt's state at its position [1, T, D], `(z - z_empty) * weight + z_empty`; weights [B, T]. States of weight 1
+    stay as they are."""
+    states, empty = hidden.float(), empty.float()
+    weights = weights.to(hidden.device, torch.float32).unsqueeze(-1)
+    return torch.where(weights != 1.0, (states - empty) * weights + empty, states).to(hidden.dtype)
+
+
+def _apply_token_weights(hidden: torch.Tensor, weights: torch.Tensor, empty: torch.Tensor | None) -> torch.Tensor:
+    """States [B, T, D] with their weights [B, T] applied: ComfyUI core's way when the empty prompt's states `empty`
+    [1, T, D] are given (`weight_from_empty`), else A1111's (`apply_weights`)."""
+    if empty is not None:
+        return weight_from_empty(hidden, empty, weights)
+    return torch.stack([apply_weights(h, w.to(h.device)) for h, w in zip(hidden, weights, strict=True)])
+
+
 def _weights_tensor(windows: PromptWindows, length: int) -> torch.Tensor:
     rows = torch.ones(len(windows.weights), length)
     for row, weights in zip(rows, windows.weights, strict=True):
@@ -269,8 +294,11 @@ def encode_prompt_parts(
         hidden = torch.cat([h for h, _ in outputs])
         hidden = hidden.reshape(len(windows), count * length, -1)  # [B, count * T, D]
         if weighting and any(w.is_weighted for w in windows):
-            weights = [_weights_tensor(w, length).to(hidden.device) for w in windows]
-            hidden = torch.stack([apply_weights(h, w) for h, w in zip(hidden, weights, strict=True)])
+            weights = torch.stack([_weights_tensor(w, length) for w in windows])
+            empty = None
+            if options.weight_style == "comfyui":
+                empty = encode(spec, [[]], length, device)[0].repeat(1, count, 1)
+            hidden = _apply_token_weights(hidden, weights, empty)
         pooled = None
         if outputs[0][1] is not None:
             pooled = torch.cat([p for _, p in outputs]).reshape(len(windows), count, -1)[:, 0]  # the first window's
@@ -333,7 +361,12 @@ def encode_t5_prompts(
     device = options.device or next(text_encoder.parameters()).device
     hidden = torch.cat([text_encoder(group.to(device))[0] for group in _split(rows, options.split_at)])
     if (weights != 1.0).any():
-        hidden = torch.stack([apply_weights(h, w.to(h.device)) for h, w in zip(hidden, weights, strict=True)])
+        empty = None
+        if options.weight_style == "comfyui":
+            empty_ids = torch.full((1, max_length), tokenizer.pad_token_id, dtype=torch.long)
+            empty_ids[0, 0] = tokenizer.eos_token_id  # the empty prompt: `</s>`, padding
+            empty = text_encoder(empty_ids.to(device))[0]
+        hidden = _apply_token_weights(hidden, weights, empty)
     return hidden
 
 

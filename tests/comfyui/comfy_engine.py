@@ -27,6 +27,7 @@ import comfy.options  # noqa: E402
 
 comfy.options.enable_args_parsing()
 
+import comfy.cli_args  # noqa: E402
 import comfy.model_management  # noqa: E402
 import comfy.sd  # noqa: E402
 import execution  # noqa: E402
@@ -107,9 +108,9 @@ def parity_sd(encoder: str, prompt: str, **options) -> dict:
     }
 
 
-def parity_sdxl_clip_l(encoder: str, clip_g: str, prompt: str) -> dict:
-    """Core's SDXL clip_l (its penultimate layer without the final norm, as comfy/sdxl_clip.py builds it) and the
-    clip_l part of our SDXL node's conditioning."""
+@functools.cache
+def _core_sdxl_clip_l(encoder: str):
+    """Core's CLIP-L built as comfy/sdxl_clip.py builds SDXL's clip_l (penultimate layer, no final norm)."""
     import comfy.sd1_clip
 
     core = _core_clip(encoder)
@@ -117,10 +118,17 @@ def parity_sdxl_clip_l(encoder: str, clip_g: str, prompt: str) -> dict:
     core.cond_stage_model.clip_l.layer_norm_hidden_state = False  # SDXLClipModel's clip_l
     core.cond_stage_model.clip_l.options_default = ("hidden", -2, True)
     assert isinstance(core.cond_stage_model.clip_l, comfy.sd1_clip.SDClipModel)
+    return core
+
+
+def parity_sdxl_clip_l(encoder: str, clip_g: str, prompt: str, **options) -> dict:
+    """Core's SDXL clip_l (its penultimate layer without the final norm, as comfy/sdxl_clip.py builds it) and the
+    clip_l part of our SDXL node's conditioning."""
+    core = _core_sdxl_clip_l(encoder)
     core_cond, _ = core.encode_from_tokens(core.tokenize(prompt), return_pooled=True)
     sizes = dict(width=1024, height=1024, crop_w=0, crop_h=0, target_width=1024, target_height=1024)
     ((cond, _),) = _node("LongCLIPTextEncodeSDXL").encode(
-        _our_clip(encoder), _our_clip(clip_g, "clip_g"), text=prompt, **sizes
+        _our_clip(encoder), _our_clip(clip_g, "clip_g"), text=prompt, **sizes, **options
     )[0]
     width = core_cond.shape[-1]
     return {"core_shape": list(core_cond.shape), "cond": _max_difference(cond[..., :width], core_cond)}
@@ -151,16 +159,69 @@ def t5_in_place(encoder: str, t5_file: str, prompt: str) -> dict:
     with torch.no_grad():
         expected = reference.eval()(ids)[0]
 
-    core = _core_clip(encoder)
-    core.cond_stage_model.clip_l.return_projected_pooled = False  # as comfy/text_encoders/flux.py builds clip_l
-    core.cond_stage_model.clip_l.options_default = ("last", None, False)
-    _, core_pooled = core.encode_from_tokens(core.tokenize(prompt), return_pooled=True)
     return {
         "shared": shared,
         "parameters": sum(tensor.numel() for tensor in t5.text_encoder.parameters()),
         "t5": _max_difference(cond, expected) / float(expected.abs().max()),
-        "pooled": _max_difference(extra["pooled_output"], core_pooled),
+        "pooled": _max_difference(extra["pooled_output"], _core_flux_pooled(encoder, prompt)),
         "guidance": extra["guidance"],
+    }
+
+
+@functools.cache
+def _core_flux_clip_l(encoder: str):
+    """Core's CLIP-L built as comfy/text_encoders/flux.py builds Flux's clip_l (unprojected pooled vector)."""
+    core = _core_clip(encoder)
+    core.cond_stage_model.clip_l.return_projected_pooled = False
+    core.cond_stage_model.clip_l.options_default = ("last", None, False)
+    return core
+
+
+def _core_flux_pooled(encoder: str, prompt: str) -> torch.Tensor:
+    core = _core_flux_clip_l(encoder)
+    _, core_pooled = core.encode_from_tokens(core.tokenize(prompt), return_pooled=True)
+    return core_pooled
+
+
+def _core_t5_clip(t5_file: str, fp8: bool):
+    """Core's CLIPLoader on a T5-base file (type stable_audio), its T5 read as Flux's T5XXLModel and tokenizer read
+    theirs (comfy/text_encoders/sd3_clip.py, flux.py): no attention mask, padding states kept, at least 256 tokens.
+    `fp8`: loaded as `--fp8_e4m3fn-text-enc` loads it (the option set for this one load): weights held in
+    float8_e4m3fn, cast per layer by comfy.ops.manual_cast."""
+    args = comfy.cli_args.args
+    args.fp8_e4m3fn_text_enc = fp8
+    try:
+        clip = _core_clip(t5_file, "stable_audio")
+    finally:
+        args.fp8_e4m3fn_text_enc = False
+    t5 = clip.cond_stage_model.t5base
+    t5.enable_attention_masks = t5.zero_out_masked = False
+    clip.set_tokenizer_option("t5base_min_length", 256)
+    return clip
+
+
+def flux_parity(encoder: str, t5_file: str, prompt: str, fp8: bool = False) -> dict:
+    """Our Flux node, weight_style comfyui and the default, on the T5 of a core CLIP read in place; against core's
+    encode of the same CLIP (T5's states) and core's Flux clip_l (pooled vector)."""
+    t5_clip = _core_t5_clip(t5_file, fp8)
+    clip_tensors = {id(tensor) for tensor in t5_clip.cond_stage_model.parameters()}
+    (t5,) = _node("LongCLIPT5FromCLIP").take(t5_clip)
+    parameters = list(t5.text_encoder.parameters())
+    core_cond = t5_clip.encode_from_tokens(t5_clip.tokenize(prompt))
+    encode = functools.partial(
+        _node("LongCLIPTextEncodeFlux").encode, _our_clip(encoder), t5, prompt, 3.5, max_sequence_length=256
+    )
+    ((cond, extra),) = encode(weight_style="comfyui")[0]
+    ((default_cond, _),) = encode()[0]
+    return {
+        "shared": all(id(tensor) in clip_tensors for tensor in parameters),
+        "matrix_dtypes": sorted({str(tensor.dtype) for tensor in parameters if tensor.dim() == 2}),
+        "bytes": sum(tensor.numel() * tensor.element_size() for tensor in parameters),
+        "core_shape": list(core_cond.shape),
+        "shape": list(cond.shape),
+        "t5": _max_difference(cond, core_cond),
+        "default_t5": _max_difference(default_cond, core_cond),
+        "pooled": _max_difference(extra["pooled_output"], _core_flux_pooled(encoder, prompt)),
     }
 
 
@@ -186,7 +247,16 @@ def long_clip_checkpoint(checkpoint: str, encoder: str, prompt: str) -> dict:
 
 CHECKS = {
     check.__name__: check
-    for check in (load_package, validate, run, parity_sd, parity_sdxl_clip_l, t5_in_place, long_clip_checkpoint)
+    for check in (
+        load_package,
+        validate,
+        run,
+        parity_sd,
+        parity_sdxl_clip_l,
+        t5_in_place,
+        flux_parity,
+        long_clip_checkpoint,
+    )
 }
 
 

@@ -347,6 +347,30 @@ def test_sd3_node_refuses_what_sd3_cannot_read(loaded):
         call(LongCLIPTextEncodeSD3, long_clip=loaded["sd3_l"], **{**inputs, "text": "a (cat:20)"})
 
 
+@pytest.mark.parametrize("strategy", ["chunk", "stretch"])
+def test_sd3_node_weights_as_comfyui_core_in_clip_and_t5(strategy, loaded):
+    """weight_style="comfyui" (core's formula, tested against core itself in test_real_engine.py): a weighted token's
+    state is (z - z_empty) * w + z_empty, z the unweighted prompt's, z_empty the empty prompt's, in CLIP's windows
+    (bigG chunked or stretched) and in T5's states; every other state, and the pooled vectors, as unweighted. The
+    default (A1111's) differs."""
+    inputs = dict(long_clip=loaded["sd3_l"], clip_g=loaded["sd3_g"], t5=loaded["sd3_t5"], strategy=strategy)
+    for tokenizer in (loaded["sd3_l"].tokenizer, loaded["sd3_t5"].tokenizer):  # one token each: rows 1 and 2
+        assert [len(tokenizer(word, add_special_tokens=False).input_ids) for word in ("a", "red")] == [1, 1]
+    plain, plain_extras = cond_of(call(LongCLIPTextEncodeSD3, **inputs, text="a red boat")[0])
+    empty, _ = cond_of(call(LongCLIPTextEncodeSD3, **inputs, text="")[0])
+    weighted = dict(text="a (red:1.5) boat")
+    cond, extras = cond_of(call(LongCLIPTextEncodeSD3, **inputs, **weighted, weight_style="comfyui")[0])
+    expected = plain.clone()
+    for row in (2, 248 + 1):  # BOS, a, red in CLIP's window; a, red in T5's states
+        expected[:, row] = (plain[:, row] - empty[:, row]) * 1.5 + empty[:, row]
+    torch.testing.assert_close(cond, expected, rtol=0, atol=1e-6)
+    assert torch.equal(extras["pooled_output"], plain_extras["pooled_output"])
+    default, _ = cond_of(call(LongCLIPTextEncodeSD3, **inputs, **weighted)[0])
+    assert (default - cond).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="weight_style='core'; choose one of a1111, comfyui"):
+        call(LongCLIPTextEncodeSD3, **inputs, **weighted, weight_style="core")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Flux: Long-CLIP-L's pooled vector and T5, the pipeline's; the guidance as ComfyUI's CLIPTextEncodeFlux gives it
 # ----------------------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ ENGINE = Path(__file__).with_name("comfy_engine.py")
 REPLY_TIMEOUT = 300  # seconds for one check; the whole module takes about two minutes on two cores
 LONG_CLIP_L = "LongCLIP-L-random.safetensors"  # CLIP-L's real shape, 248 positions, random weights
 T5_BASE = "t5-base-random.safetensors"  # T5-base's real shape (ComfyUI's t5base), random weights
+T5_BASE_FP8 = "t5-base-random-fp8_e4m3fn.safetensors"  # the same weights stored in float8_e4m3fn
 BAKED = "sd15-with-long-clip.safetensors"
 PROMPT_150 = (
     "A highly detailed oil painting of an old stone lighthouse on a rugged cliff at dusk, waves crashing on the "
@@ -54,7 +55,8 @@ if not COMFYUI_DIR.joinpath("comfyui_version.py").is_file():
 
 
 def _t5_base(path: Path) -> None:
-    """A random T5-base encoder (ComfyUI's t5_config_base.json) in Hugging Face's layout, fp16."""
+    """A random T5-base encoder (ComfyUI's t5_config_base.json) in Hugging Face's layout, fp16, and beside it the
+    same weights in float8_e4m3fn (`T5_BASE_FP8`), as ComfyUI's fp8 text encoder files store them."""
     torch.manual_seed(1)
     config = T5Config(vocab_size=32128, d_model=768, d_ff=3072, d_kv=64, num_layers=12, num_heads=12,
                       feed_forward_proj="relu", tie_word_embeddings=False)  # fmt: skip
@@ -66,6 +68,7 @@ def _t5_base(path: Path) -> None:
             weights[key] = torch.ones_like(weights[key])
     weights.pop("encoder.embed_tokens.weight")
     save_file(weights, path)
+    save_file({key: value.to(torch.float8_e4m3fn) for key, value in weights.items()}, path.with_name(T5_BASE_FP8))
 
 
 def _bake(checkpoint: Path, encoder: Path, out: Path) -> None:
@@ -222,6 +225,46 @@ def test_sdxl_clip_l_part_equals_comfyui_cores(engine):
     result = engine("parity_sdxl_clip_l", encoder=LONG_CLIP_L, clip_g=TINY_CLIP_G, prompt=PROMPT_150)
     assert result["core_shape"] == [1, 248, 768]
     assert result["cond"] < 1e-5
+
+
+WEIGHTED_150 = f"{CORE_WEIGHTED}, {PROMPT_150}"  # weighted, past 77 tokens (about 190), one window
+
+
+@pytest.mark.parametrize("prompt", [WEIGHTED_150, LONG], ids=["weighted-past-77", "past-248"])
+def test_sdxl_core_weighting_as_an_option_gives_cores_clip_l_part(engine, prompt):
+    """The SDXL node's weight_style="comfyui": its clip_l part is core's SDXL clip_l, weights included; the default
+    (A1111's) differs from it by design."""
+    args = dict(encoder=LONG_CLIP_L, clip_g=TINY_CLIP_G, prompt=prompt)
+    result = engine("parity_sdxl_clip_l", **args, weight_style="comfyui")
+    assert result["core_shape"] == [1, (1 if prompt == WEIGHTED_150 else 2) * 248, 768]
+    assert result["cond"] < 1e-5
+    assert engine("parity_sdxl_clip_l", **args)["cond"] > 1e-3
+
+
+def test_flux_core_weighting_as_an_option_gives_cores_t5_and_pooled(engine):
+    """The Flux node's weight_style="comfyui", on the T5 of a core CLIP read in place (T5-base in fp32, read as Flux's
+    T5: 256 tokens, no attention mask): T5's states equal core's encode of the same CLIP, weights included; the
+    pooled vector equals core's Flux clip_l (weights never touch it). The default (A1111's) differs by design."""
+    result = engine("flux_parity", encoder=LONG_CLIP_L, t5_file=T5_BASE, prompt=WEIGHTED_150)
+    assert result["shared"] is True and result["matrix_dtypes"] == ["torch.float32"]
+    assert result["shape"] == result["core_shape"] == [1, 256, 768]
+    assert result["t5"] < 1e-5
+    assert result["default_t5"] > 1e-3
+    assert result["pooled"] < 1e-5
+
+
+def test_flux_runs_an_fp8_t5_in_place_as_core_does(engine):
+    """A T5 file stored in float8_e4m3fn, loaded by core's CLIPLoader as `--fp8_e4m3fn-text-enc` loads it: ComfyUI
+    keeps its weights in fp8 on the CPU and casts each layer to float32 as it runs (comfy.ops.manual_cast). The node
+    runs that module in place (its parameters are the CLIP's fp8 tensors, 1 byte a weight, no second copy) and
+    gives core's T5 conditioning: both read the same fp8 weights through the same cast, so only the batch (core
+    encodes the prompt and the empty prompt together) can move the last bits; < 1e-5 as for fp32."""
+    result = engine("flux_parity", encoder=LONG_CLIP_L, t5_file=T5_BASE_FP8, prompt=WEIGHTED_150, fp8=True)
+    assert result["shared"] is True and result["matrix_dtypes"] == ["torch.float8_e4m3fn"]
+    assert result["bytes"] < 120_000_000  # T5-base's 110 M weights in fp8 (fp32: 440 MB)
+    assert result["shape"] == result["core_shape"] == [1, 256, 768]
+    assert result["t5"] < 1e-5
+    assert result["pooled"] < 1e-5
 
 
 def test_flux_reads_t5_in_place_from_a_comfyui_clip(engine):
