@@ -164,51 +164,51 @@ def example_workflow(
     SD 1.5, SDXL, SD 3.5 (Large) or Flux.1-dev. `models` replaces file names of `DEFAULT_MODELS` (by role)."""
     if family not in WORKFLOW_FAMILIES:
         raise ValueError(f"Unknown family {family!r}; choose one of {', '.join(WORKFLOW_FAMILIES)}.")
-    workflow = FAMILIES[family].comfy
+    spec = FAMILIES[family]
+    workflow = spec.comfy
     names = {**DEFAULT_MODELS, **(models or {})}
-    # T5-XXL loaded alone into a ComfyUI CLIP, read in place by "T5 from CLIP"
-    t5_clip = {"class_type": "CLIPLoader", "inputs": {"clip_name": names["t5"], "type": "sd3"}}
-    t5 = {"class_type": "LongCLIPT5FromCLIP", "inputs": {"clip": ["10", 0]}}
     size = workflow.size
     nodes: dict[str, dict] = {
         "1": (
             {"class_type": "UNETLoader", "inputs": {"unet_name": names[family], "weight_dtype": "default"}}
-            if family == "flux"
+            if workflow.diffusion_model_only
             else {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": names[family]}}
         ),
         "2": {"class_type": "LongCLIPLoader", "inputs": {"text_encoder": encoder_name, "clip_type": "clip_l"}},
     }
-    long_clip = {"long_clip": ["2", 0]}
-    texts = {"4": _EXAMPLE_PROMPT, "5": _EXAMPLE_NEGATIVE}
-    if family == "sd15":
-        for node, text in texts.items():
-            nodes[node] = {"class_type": "LongCLIPTextEncode", "inputs": {**long_clip, "text": text}}
-    elif family == "sdxl":
-        nodes["3"] = {
-            "class_type": "LongCLIPStretch",
-            "inputs": {"clip": ["1", 1], "clip_type": "clip_g", "keep": 20, "ratio": 1},
-        }
-        sizes = dict(width=size, height=size, crop_w=0, crop_h=0, target_width=size, target_height=size)
-        for node, text in texts.items():
-            inputs = {**long_clip, "clip_g": ["3", 0], **sizes, "text": text, "strategy": "chunk"}
-            nodes[node] = {"class_type": "LongCLIPTextEncodeSDXL", "inputs": inputs}
-    elif family == "sd3":
+    encoders: dict = {"long_clip": ["2", 0]}
+    if workflow.clip_g == "checkpoint":  # SDXL's own bigG, read by windows of its 77 positions ("chunk")
+        inputs = {"clip": ["1", 1], "clip_type": "clip_g", "keep": 20, "ratio": 1}
+        nodes["3"] = {"class_type": "LongCLIPStretch", "inputs": inputs}
+    elif workflow.clip_g == "file":
         nodes["3"] = {
             "class_type": "LongCLIPLoader",
             "inputs": {"text_encoder": names["clip_g"], "clip_type": "clip_g"},
         }
-        nodes["10"], nodes["11"] = t5_clip, t5
-        for node, text in texts.items():
-            inputs = {**long_clip, "clip_g": ["3", 0], "t5": ["11", 0], "text": text, "strategy": "chunk"}
-            nodes[node] = {"class_type": "LongCLIPTextEncodeSD3", "inputs": inputs}
-    else:
-        nodes["10"], nodes["11"] = t5_clip, t5
-        inputs = {**long_clip, "t5": ["11", 0], "text": _EXAMPLE_PROMPT, "guidance": 3.5}
-        nodes["4"] = {"class_type": "LongCLIPTextEncodeFlux", "inputs": inputs}
-        nodes["5"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["4", 0]}}  # cfg 1: unused
+    if workflow.clip_g:
+        encoders["clip_g"] = ["3", 0]
+    if spec.t5:  # T5-XXL loaded alone into a ComfyUI CLIP, read in place by "T5 from CLIP"
+        nodes["10"] = {"class_type": "CLIPLoader", "inputs": {"clip_name": names["t5"], "type": "sd3"}}
+        nodes["11"] = {"class_type": "LongCLIPT5FromCLIP", "inputs": {"clip": ["10", 0]}}
+        encoders["t5"] = ["11", 0]
+    if workflow.size_inputs:
+        encoders.update(width=size, height=size, crop_w=0, crop_h=0, target_width=size, target_height=size)
+    options = {"strategy": "chunk"} if spec.big_g_strategies else {}
+    if workflow.guidance is not None:
+        options["guidance"] = workflow.guidance
+
+    def encode(text: str) -> dict:
+        return {"class_type": workflow.encode_node, "inputs": {**encoders, "text": text, **options}}
+
+    nodes["4"] = encode(_EXAMPLE_PROMPT)
+    nodes["5"] = (
+        encode(_EXAMPLE_NEGATIVE)
+        if spec.reads_negative
+        else {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["4", 0]}}  # cfg 1: unused
+    )
+    if workflow.diffusion_model_only:
         nodes["12"] = {"class_type": "VAELoader", "inputs": {"vae_name": names["vae"]}}
-    latent = "EmptyLatentImage" if family in ("sd15", "sdxl") else "EmptySD3LatentImage"
-    nodes["6"] = {"class_type": latent, "inputs": {"width": size, "height": size, "batch_size": 1}}
+    nodes["6"] = {"class_type": workflow.latent_node, "inputs": {"width": size, "height": size, "batch_size": 1}}
     steps, cfg, scheduler = workflow.steps, workflow.cfg, workflow.scheduler
     nodes["7"] = {
         "class_type": "KSampler",
@@ -225,7 +225,7 @@ def example_workflow(
             "denoise": 1.0,
         },
     }
-    vae = ["12", 0] if family == "flux" else ["1", 2]
+    vae = ["12", 0] if workflow.diffusion_model_only else ["1", 2]
     nodes["8"] = {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": vae}}
     nodes["9"] = {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "longclip"}}
     return nodes

@@ -52,13 +52,20 @@ class T5Spec:
 
 @dataclass(frozen=True)
 class ComfyWorkflow:
-    """What `longclip comfy-export` puts in the family's example workflow: the model file, image size, sampling."""
+    """What `longclip comfy-export` puts in the family's example workflow: the model file, image size, sampling,
+    and the nodes that differ between families (T5 and the negative prompt follow the family itself)."""
 
     model_file: str
     size: int
     steps: int
     cfg: float
     scheduler: str
+    encode_node: str  # the node of ours encoding its prompts
+    clip_g: str | None = None  # its bigG: "checkpoint" (the checkpoint's own, taken as it is) or "file" (loaded)
+    size_inputs: bool = False  # the encode node takes SDXL's size conditioning
+    guidance: float | None = None  # the distilled guidance the encode node is given (Flux.1)
+    diffusion_model_only: bool = False  # the model file holds the denoiser alone: the VAE is loaded apart
+    latent_node: str = "EmptyLatentImage"  # "EmptySD3LatentImage" for 16-channel latents
 
 
 @dataclass(frozen=True)
@@ -107,7 +114,7 @@ FAMILIES: dict[str, Family] = {
             clip_activation="quick_gelu",
             default_pipeline="stable-diffusion-v1-5/stable-diffusion-v1-5",
             tiny_builder="tiny_sd15_pipeline",
-            comfy=ComfyWorkflow("v1-5-pruned-emaonly.safetensors", 512, 30, 7.0, "normal"),
+            comfy=ComfyWorkflow("v1-5-pruned-emaonly.safetensors", 512, 30, 7.0, "normal", "LongCLIPTextEncode"),
             variants=(
                 "AnimateDiffControlNetPipeline",
                 "AnimateDiffPAGPipeline",
@@ -157,7 +164,16 @@ FAMILIES: dict[str, Family] = {
             default_pipeline="stabilityai/stable-diffusion-xl-base-1.0",
             tiny_builder="tiny_sdxl_pipeline",
             big_g_strategies=True,
-            comfy=ComfyWorkflow("sd_xl_base_1.0.safetensors", 1024, 30, 7.0, "normal"),
+            comfy=ComfyWorkflow(
+                "sd_xl_base_1.0.safetensors",
+                1024,
+                30,
+                7.0,
+                "normal",
+                "LongCLIPTextEncodeSDXL",
+                clip_g="checkpoint",
+                size_inputs=True,
+            ),
             variants=(
                 "AnimateDiffSDXLPipeline",
                 "StableDiffusionXLAdapterPipeline",
@@ -203,7 +219,16 @@ FAMILIES: dict[str, Family] = {
             tiny_builder="tiny_sd3_pipeline",
             t5=T5Spec("tokenizer_3", default_length=256, max_length=512),
             big_g_strategies=True,
-            comfy=ComfyWorkflow("sd3.5_large.safetensors", 1024, 28, 4.5, "sgm_uniform"),
+            comfy=ComfyWorkflow(
+                "sd3.5_large.safetensors",
+                1024,
+                28,
+                4.5,
+                "sgm_uniform",
+                "LongCLIPTextEncodeSD3",
+                clip_g="file",
+                latent_node="EmptySD3LatentImage",
+            ),
             variants=(
                 "StableDiffusion3ControlNetInpaintingPipeline",
                 "StableDiffusion3ControlNetPipeline",
@@ -228,7 +253,17 @@ FAMILIES: dict[str, Family] = {
             t5=T5Spec("tokenizer_2", default_length=512, max_length=512),
             reads_negative=False,
             window_limit=1,
-            comfy=ComfyWorkflow("flux1-dev.safetensors", 1024, 20, 1.0, "simple"),
+            comfy=ComfyWorkflow(
+                "flux1-dev.safetensors",
+                1024,
+                20,
+                1.0,
+                "simple",
+                "LongCLIPTextEncodeFlux",
+                guidance=3.5,
+                diffusion_model_only=True,
+                latent_node="EmptySD3LatentImage",
+            ),
             variants=(
                 "FluxControlImg2ImgPipeline",
                 "FluxControlInpaintPipeline",
