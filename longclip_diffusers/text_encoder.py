@@ -150,9 +150,18 @@ def refuse_non_finite_at_first_use(model: torch.nn.Module, source: str) -> None:
     would take longer than the load itself. A model with such weights refuses every forward pass (a
     `CheckpointError` naming the tensor); once its weights pass, the check is removed.
     """
+    model.register_forward_pre_hook(_ScanAtFirstForward(source))
 
-    def scan_once(module: torch.nn.Module, args: tuple) -> None:
-        refuse_non_finite(hf_to_canonical(module.state_dict()), source)
-        handle.remove()
 
-    handle = model.register_forward_pre_hook(scan_once)
+class _ScanAtFirstForward:
+    """A forward pre-hook refusing NaN / infinite weights, which removes itself once they pass. An object rather
+    than a closure, so that a model holding it still pickles and deep-copies (each copy scanning its own weights)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def __call__(self, module: torch.nn.Module, args: tuple) -> None:
+        refuse_non_finite(hf_to_canonical(module.state_dict()), self.source)
+        for key, hook in list(module._forward_pre_hooks.items()):
+            if hook is self:
+                del module._forward_pre_hooks[key]

@@ -10,6 +10,7 @@ tensors, NaN or infinite weights) are refused by `load_checkpoint` itself, so `l
 from __future__ import annotations
 
 import json
+import pickle
 import zipfile
 from pathlib import Path
 
@@ -235,7 +236,10 @@ def test_the_encoder_scans_its_weights_at_its_first_forward_pass(bad, tiny_compo
     sound = LongCLIPTextEncoder.from_pretrained(tiny_components / "longclip-sd15")
     reference = CLIPTextModel.from_pretrained(tiny_components / "longclip-sd15" / "text_encoder")
     assert len(sound._forward_pre_hooks) == 1
+    copy = pickle.loads(pickle.dumps(sound))  # a model awaiting its scan still pickles; the copy scans its own
     ids = torch.tensor([[49406, 320, 1929, 49407]])
     with torch.no_grad():
         assert torch.equal(sound(ids).last_hidden_state, reference(ids).last_hidden_state)
-    assert len(sound._forward_pre_hooks) == 0
+        assert len(sound._forward_pre_hooks) == 0 and len(copy._forward_pre_hooks) == 1
+        assert torch.equal(copy(ids).last_hidden_state, reference(ids).last_hidden_state)
+    assert len(copy._forward_pre_hooks) == 0
