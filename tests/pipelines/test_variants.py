@@ -351,13 +351,23 @@ def test_auto_pipelines_map_long_clip_classes_to_long_clip_classes_and_stock_to_
     assert type(stock) is diffusers.StableDiffusionXLImg2ImgPipeline
 
 
-def test_a_saved_counterpart_reloads_with_its_class_and_with_plain_diffusers(stock_variant, long_parts, tmp_path):
-    name = "StableDiffusionXLImg2ImgPipeline"
-    ours = long_variant(stock_variant(name), long_parts, "sdxl", long_prompt_strategy="stretch")
+# One class per family, with an extra component (ControlNet) or a widened denoiser (SD 3 inpaint, Flux Fill).
+SAVED = {
+    "StableDiffusionControlNetPipeline": {},
+    "StableDiffusionXLImg2ImgPipeline": {"long_prompt_strategy": "stretch"},
+    "StableDiffusion3InpaintPipeline": {"long_prompt_strategy": "stretch"},
+    "FluxFillPipeline": {},
+}
+
+
+@pytest.mark.parametrize("name", SAVED)
+def test_a_saved_counterpart_reloads_with_its_class_and_with_plain_diffusers(stock_variant, long_parts, name, tmp_path):
+    ours = long_variant(stock_variant(name), long_parts, family_of(name), **SAVED[name])
     ours.save_pretrained(tmp_path / "pipe")
     expected = denoiser_input(ours, HEAD + MIDDLE + TAIL_A, name)
     reloaded = type(ours).from_pretrained(tmp_path / "pipe")
-    assert type(reloaded) is type(ours) and reloaded.config.long_prompt_strategy == "stretch"
+    assert type(reloaded) is type(ours)
+    assert all(reloaded.config[key] == value for key, value in SAVED[name].items())
     plain = diffusers.DiffusionPipeline.from_pretrained(tmp_path / "pipe", trust_remote_code=True)
     assert type(plain).__name__ == type(ours).__name__ and type(plain).__module__.startswith("diffusers_modules")
     for pipe in (reloaded, plain):
