@@ -29,6 +29,24 @@ from helpers.common import published_longclip_state_dict  # noqa: E402
 # The Hub is unreachable here; huggingface_hub reads this once, at import, so set it before anything imports it.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+# The files that take minutes (`--durations`), started first, longest first, so that in a parallel run none of them
+# is left running alone at the end while the other worker idles (xdist then keeps this order: --no-loadscope-reorder).
+STARTED_FIRST = (
+    "tests/test_readme.py",
+    "tests/training/",
+    "tests/demo/test_browser.py",
+    "tests/comfyui/test_real_engine.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Moves the files of STARTED_FIRST to the front; every file keeps the order of its own tests."""
+
+    def rank(item: pytest.Item) -> int:
+        return next((i for i, prefix in enumerate(STARTED_FIRST) if item.nodeid.startswith(prefix)), len(STARTED_FIRST))
+
+    items.sort(key=rank)
+
 
 @pytest.fixture(scope="session")
 def published_pt(tmp_path_factory):
