@@ -52,7 +52,7 @@ from .stretch import DEFAULT_KEEP
 from .text_encoder import build_text_model
 from .writing import tokenizer_for
 
-FAMILIES: tuple[str, ...] = ("sd15", "sd2", "sdxl", "sd3", "flux")
+FAMILIES: tuple[str, ...] = tuple(families.FAMILIES)  # every family, read as it reads prompts
 DRIFT_FILES = ("drift.json", "drift.png")
 SUMMARY_KEYS = ("real_tokens_rel_l2", "real_tokens_cosine", "padding_rel_l2", "pooled_cosine")
 
