@@ -205,13 +205,14 @@ def stretched_view(text_encoder: nn.Module, num_positions: int) -> nn.Module:
 
 def _check_whole_module_offload(text_encoder: nn.Module) -> None:
     """Refuse an encoder with offload hooks other than model CPU offload's (one `CpuOffload` on the whole model)."""
-    hook = getattr(text_encoder, "_hf_hook", None)
+    hook, whole_model_hook = getattr(text_encoder, "_hf_hook", None), True
     if hook is not None:
         from accelerate.hooks import CpuOffload  # a hook there means accelerate is installed
 
+        whole_model_hook = isinstance(hook, CpuOffload)
     inner_hooks = any(hasattr(module, "_hf_hook") for module in itertools.islice(text_encoder.modules(), 1, None))
     group_offload = any(hasattr(module, "_diffusers_hook") for module in text_encoder.modules())
-    if (hook is not None and not isinstance(hook, CpuOffload)) or inner_hooks or group_offload:
+    if not whole_model_hook or inner_hooks or group_offload:
         raise ValueError(
             'strategy="stretch" cannot stretch a text encoder under sequential or group offloading on the fly (its '
             "weights are not in it); use pipe.enable_model_cpu_offload(), or make a long encoder with `longclip "

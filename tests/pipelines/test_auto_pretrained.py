@@ -4,9 +4,15 @@ conditioning the saved pipeline's; folders of stock pipelines keep loading as st
 
 import pytest
 import torch
-from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
+from diffusers import (
+    AutoPipelineForImage2Image,
+    AutoPipelineForInpainting,
+    AutoPipelineForText2Image,
+    StableDiffusionXLImg2ImgPipeline,
+)
 from helpers.pipelines import CFG_ENCODE_KWARGS, HEAD, MIDDLE, TAIL_A
 
+from longclip_diffusers.pipelines import with_long_prompts
 from longclip_diffusers.pipelines.variants import is_long_clip
 
 AUTO_PIPELINES = (AutoPipelineForText2Image, AutoPipelineForImage2Image, AutoPipelineForInpainting)
@@ -46,3 +52,18 @@ def test_auto_pipelines_load_a_stock_folder_as_stock_classes(tiny_components):
     for auto in AUTO_PIPELINES:
         loaded = auto.from_pretrained(tiny_components / "sd15")
         assert not is_long_clip(type(loaded)) and type(loaded).__module__.startswith("diffusers."), auto.__name__
+
+
+def test_a_saved_long_clip_variant_folder_loads_as_the_long_clip_class_of_every_task(long_pipeline, tmp_path):
+    saved = with_long_prompts(StableDiffusionXLImg2ImgPipeline.from_pipe(long_pipeline("sdxl")))
+    saved.save_pretrained(tmp_path)
+    loaded = {
+        "text2image": AutoPipelineForText2Image.from_pretrained(tmp_path),
+        "inpaint": AutoPipelineForInpainting.from_pretrained(tmp_path),
+        "image2image": AutoPipelineForImage2Image.from_pretrained(tmp_path),
+    }
+    assert {task: type(pipe).__name__ for task, pipe in loaded.items()} == {
+        "text2image": "LongCLIPStableDiffusionXLPipeline",
+        "inpaint": "LongCLIPStableDiffusionXLInpaintPipeline",
+        "image2image": "LongCLIPStableDiffusionXLImg2ImgPipeline",
+    }
