@@ -8,6 +8,8 @@ describes them. Everything else is the stock pipeline's.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from diffusers.loaders import (
     FluxLoraLoaderMixin,
@@ -16,6 +18,7 @@ from diffusers.loaders import (
     StableDiffusionXLLoraLoaderMixin,
     TextualInversionLoaderMixin,
 )
+from diffusers.models import ModelMixin
 from diffusers.models.lora import adjust_lora_scale_text_encoder
 from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_layers
 
@@ -66,6 +69,13 @@ class LongPromptEncoding:
                 f"LongCLIP{stock}.from_pretrained(...) from longclip_diffusers.pipelines."
             )
         return loaded
+
+    @classmethod
+    def from_pipe(cls, pipeline, **kwargs):
+        """diffusers' `from_pipe`, refusing in one line a pipeline with a model this class cannot take (AnimateDiff's
+        motion UNet, which diffusers converts to but never back), the class to use named."""
+        _check_models_fit(cls, pipeline, kwargs)
+        return super().from_pipe(pipeline, **kwargs)
 
     def _register_long_prompt_config(self, **settings) -> None:
         """Check and record `long_prompt_strategy`, `prompt_weighting`, `max_prompt_windows` (those given)."""
@@ -518,6 +528,28 @@ class FluxPromptEncoding(LongPromptEncoding):
         dtype = self.text_encoder.dtype if self.text_encoder is not None else self.transformer.dtype
         text_ids = torch.zeros(prompt_embeds.shape[1], 3).to(device=device, dtype=dtype)
         return prompt_embeds, pooled_prompt_embeds, text_ids
+
+
+def _check_models_fit(pipeline_class: type, pipeline, given: dict) -> None:
+    """Refuse, as diffusers' `from_pipe` would after dropping it with a warning, a model of `pipeline` that
+    `pipeline_class` needs but whose type it cannot take (and that `given` does not replace)."""
+    expected, _ = pipeline_class._get_signature_keys(pipeline_class)
+    parameters = inspect.signature(pipeline_class.__init__).parameters
+    types = pipeline_class._get_signature_types()
+    optional = set(getattr(pipeline, "_optional_components", None) or [])
+    for name, component in pipeline.components.items():
+        needed = name in expected and parameters[name].default is inspect.Parameter.empty and name not in optional
+        if not needed or name in given or not isinstance(component, ModelMixin) or type(component) in types[name]:
+            continue
+        source, needs = type(pipeline).__name__, " or ".join(t.__name__ for t in types[name])
+        counterpart = source if source.startswith("LongCLIP") else f"LongCLIP{source}"
+        route = f"pass {name}=<a {needs}>"
+        if family_running(source.removeprefix("LongCLIP")):
+            route = f"for long prompts in this {source} use {counterpart} (with_long_prompts(pipe) gives it)"
+        raise ValueError(
+            f"{pipeline_class.__name__}.from_pipe cannot take {source}'s {name}: it is a {type(component).__name__} "
+            f"and {pipeline_class.__name__} needs a {needs} (diffusers converts none back); {route}."
+        )
 
 
 def _check_same_length(

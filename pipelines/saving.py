@@ -44,6 +44,9 @@ class SavesItsCode:
     def load_config(cls, *args: Any, **kwargs: Any) -> Any:
         loaded = super().load_config(*args, **kwargs)
         config = loaded[0] if isinstance(loaded, tuple) else loaded
-        if config.get("_class_name") == [cls.code_file, cls.__name__]:
-            config["_class_name"] = cls.__name__  # this class is at hand: diffusers need not import the saved copy
+        class_name = config.get("_class_name")
+        if isinstance(class_name, list) and class_name[-1].startswith("LongCLIP"):
+            # a Long-CLIP class is at hand (this one; the family is checked apart): diffusers need not import the saved
+            # copy of the folder's, as a stock class loads the folder of another class of its family
+            config["_class_name"] = class_name[-1]
         return loaded

@@ -194,20 +194,39 @@ def encode_windows_chunked(
 def stretched_view(text_encoder: nn.Module, num_positions: int) -> nn.Module:
     """A copy of `text_encoder` stretched to at least `num_positions`, sharing every weight but the position table.
 
-    The original is left untouched (pipelines built with `from_pipe` may share it). Offloaded encoders carry
-    hooks tied to other modules and are refused: give the pipeline a stretched encoder instead.
+    The original is left untouched (pipelines built with `from_pipe` may share it). Under diffusers'
+    `enable_model_cpu_offload` the copy runs under the encoder's own offload hook (shared, not copied: a copied hook
+    would copy the model it offloads, and leave the real one on the accelerator), which puts the shared weights and
+    the new table on the execution device and offloads the model before it, as the encoder's own forward would.
+    Encoders whose weights live elsewhere (sequential or group offloading) are refused.
     """
-    if hasattr(text_encoder, "_hf_hook"):
-        raise ValueError(
-            'strategy="stretch" cannot stretch an offloaded text encoder on the fly; make a long one with '
-            "`longclip stretch SDXL_REPO OUT --subfolder text_encoder_2 --pad-token '!'` and pass it as "
-            'text_encoder_2, or use strategy="chunk".'
-        )
+    _check_whole_module_offload(text_encoder)
     base = text_encoder.config.max_position_embeddings
     ratio = -(-(num_positions - DEFAULT_KEEP) // (base - DEFAULT_KEEP))  # the smallest ratio long enough
     shared = {id(tensor): tensor for tensor in itertools.chain(text_encoder.parameters(), text_encoder.buffers())}
+    hook = getattr(text_encoder, "_hf_hook", None)
+    if hook is not None:
+        shared[id(hook)] = hook
     view = copy.deepcopy(text_encoder, memo=shared)
     return stretch_model(view, DEFAULT_KEEP, ratio)
+
+
+def _check_whole_module_offload(text_encoder: nn.Module) -> None:
+    """Refuse an encoder with offload hooks other than model CPU offload's (one `CpuOffload` on the whole model)."""
+    hook, whole_model_hook = getattr(text_encoder, "_hf_hook", None), True
+    if hook is not None:
+        from accelerate.hooks import CpuOffload  # a hook there means accelerate is installed
+
+        whole_model_hook = isinstance(hook, CpuOffload)
+    inner_hooks = any(hasattr(module, "_hf_hook") for module in itertools.islice(text_encoder.modules(), 1, None))
+    group_offload = any(hasattr(module, "_diffusers_hook") for module in text_encoder.modules())
+    if not whole_model_hook or inner_hooks or group_offload:
+        raise ValueError(
+            'strategy="stretch" cannot stretch a text encoder under sequential or group offloading on the fly (its '
+            "weights are not in it); use pipe.enable_model_cpu_offload(), or make a long encoder with `longclip "
+            "stretch SDXL_REPO OUT --subfolder text_encoder_2 --pad-token '!'` and pass it as text_encoder_2, or use "
+            'strategy="chunk".'
+        )
 
 
 def apply_weights(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
