@@ -85,6 +85,7 @@ class Family:
     reads_negative: bool = True  # Flux.1's guidance is distilled: at its settings it reads no negative prompt
     window_limit: int | None = None  # the windows of the long CLIP it reads (Flux: the first, its pooled vector)
     comfy: ComfyWorkflow | None = None
+    single_file: bool = False  # `from_single_file` reads a Long-CLIP baked into its checkpoints (single_file.py)
     variants: tuple[str, ...] = ()  # its other diffusers pipeline classes (prompt encoding as `stock_pipeline`'s)
 
     @property
@@ -114,6 +115,7 @@ FAMILIES: dict[str, Family] = {
             clip_activation="quick_gelu",
             default_pipeline="stable-diffusion-v1-5/stable-diffusion-v1-5",
             tiny_builder="tiny_sd15_pipeline",
+            single_file=True,
             comfy=ComfyWorkflow("v1-5-pruned-emaonly.safetensors", 512, 30, 7.0, "normal", "LongCLIPTextEncode"),
             variants=(
                 "AnimateDiffControlNetPipeline",
@@ -164,6 +166,7 @@ FAMILIES: dict[str, Family] = {
             default_pipeline="stabilityai/stable-diffusion-xl-base-1.0",
             tiny_builder="tiny_sdxl_pipeline",
             big_g_strategies=True,
+            single_file=True,
             comfy=ComfyWorkflow(
                 "sd_xl_base_1.0.safetensors",
                 1024,

@@ -36,7 +36,6 @@ ENCODINGS: dict[str, type[LongPromptEncoding]] = {
     "flux": FluxPromptEncoding,
 }
 PREFIX = "LongCLIP"
-SINGLE_FILE_FAMILIES = ("sd15", "sdxl")  # whose single files `LongCLIPSingleFileMixin` reads with a Long-CLIP in them
 
 
 def variant_classes() -> dict[str, Family]:
@@ -83,9 +82,7 @@ def counterpart(stock: type) -> type:
     __init__.__signature__ = inspect.Signature(parameters)
     __init__.__annotations__ = {**_type_hints(stock.__init__), **{name: type(d) for name, d in settings.items()}}
     renames = "num_videos_per_prompt" in inspect.signature(stock.encode_prompt).parameters
-    single_file = (
-        [LongCLIPSingleFileMixin] if family.key in SINGLE_FILE_FAMILIES and hasattr(stock, "from_single_file") else []
-    )
+    single_file = [LongCLIPSingleFileMixin] if family.single_file and hasattr(stock, "from_single_file") else []
     bases = (*single_file, SavesItsCode, *([VideoPromptNames] if renames else []), ENCODINGS[family.key], stock)
     namespace = {
         "__init__": __init__,
