@@ -80,6 +80,22 @@ def run(workflow: dict) -> dict:
     }
 
 
+def sdxl_conditioning(workflow: dict) -> dict:
+    """What the SDXL workflow's sampler gets: the model ComfyUI's detection makes of its checkpoint, and our SDXL
+    node's conditioning (loaders and encode inputs as in the workflow) as that model reads it."""
+    (model, _, _) = _node("CheckpointLoaderSimple").load_checkpoint(workflow["1"]["inputs"]["ckpt_name"])
+    clip_l = _our_clip(workflow["2"]["inputs"]["text_encoder"])
+    clip_g = _our_clip(workflow["3"]["inputs"]["text_encoder"], "clip_g")
+    inputs = {key: value for key, value in workflow["4"]["inputs"].items() if key not in ("long_clip", "clip_g")}
+    ((cond, extra),) = _node("LongCLIPTextEncodeSDXL").encode(clip_l, clip_g, **inputs)[0]
+    return {
+        "model_config": type(model.model.model_config).__name__,
+        "model": type(model.model).__name__,
+        "context": list(cond.shape),
+        "adm": list(model.model.encode_adm(**extra).shape),
+    }
+
+
 def _core_clip(name: str, clip_type: str = "stable_diffusion"):
     """A CLIP from core's CLIPLoader (a fresh one: some checks set options on its encoders)."""
     (clip,) = _node("CLIPLoader").load_clip(name, type=clip_type)
@@ -251,6 +267,7 @@ CHECKS = {
         load_package,
         validate,
         run,
+        sdxl_conditioning,
         parity_sd,
         parity_sdxl_clip_l,
         t5_in_place,
