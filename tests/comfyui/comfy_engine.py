@@ -68,30 +68,38 @@ def validate(workflow: dict) -> dict:
     return {"valid": valid, "error": error, "outputs": outputs, "node_errors": node_errors}
 
 
-def run(workflow: dict) -> dict:
+def run(workflow: dict, sampler_inputs: bool = False) -> dict:
+    """Execute `workflow` in ComfyUI's PromptExecutor; `sampler_inputs`: also what its KSampler got (see
+    `_sampler_inputs`)."""
     executor = execution.PromptExecutor(_Server())
     executor.execute(workflow, str(uuid.uuid4()), {}, list(workflow))
     errors = [data for event, data in executor.status_messages if event == "execution_error"]
     images = sorted(str(path.relative_to(BASE)) for path in (BASE / "output").rglob("*.png"))
-    return {
+    result = {
         "success": executor.success,
         "errors": [str(error.get("exception_message")) for error in errors],
         "images": images,
     }
+    if sampler_inputs and executor.success:
+        result |= _sampler_inputs(executor, workflow)
+    return result
 
 
-def sdxl_conditioning(workflow: dict) -> dict:
-    """What the SDXL workflow's sampler gets: the model ComfyUI's detection makes of its checkpoint, and our SDXL
-    node's conditioning (loaders and encode inputs as in the workflow) as that model reads it."""
-    (model, _, _) = _node("CheckpointLoaderSimple").load_checkpoint(workflow["1"]["inputs"]["ckpt_name"])
-    clip_l = _our_clip(workflow["2"]["inputs"]["text_encoder"])
-    clip_g = _our_clip(workflow["3"]["inputs"]["text_encoder"], "clip_g")
-    inputs = {key: value for key, value in workflow["4"]["inputs"].items() if key not in ("long_clip", "clip_g")}
-    ((cond, extra),) = _node("LongCLIPTextEncodeSDXL").encode(clip_l, clip_g, **inputs)[0]
+def _sampler_inputs(executor: execution.PromptExecutor, workflow: dict) -> dict:
+    """The model and positive conditioning the workflow's KSampler got (from the executor's output cache): the
+    model class ComfyUI's detection chose and the model's reading of the conditioning (context, pooled vector)."""
+    inputs = next(node["inputs"] for node in workflow.values() if node["class_type"] == "KSampler")
+
+    def output(link: list) -> object:
+        node_id, slot = link
+        return executor.caches.outputs.get(node_id)[slot][0]
+
+    model = output(inputs["model"])
+    ((context, extra),) = output(inputs["positive"])
     return {
         "model_config": type(model.model.model_config).__name__,
         "model": type(model.model).__name__,
-        "context": list(cond.shape),
+        "context": list(context.shape),
         "adm": list(model.model.encode_adm(**extra).shape),
     }
 
@@ -267,7 +275,6 @@ CHECKS = {
         load_package,
         validate,
         run,
-        sdxl_conditioning,
         parity_sd,
         parity_sdxl_clip_l,
         t5_in_place,

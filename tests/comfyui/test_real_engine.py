@@ -210,12 +210,11 @@ def test_an_sdxl_workflow_runs_end_to_end_in_comfyuis_executor(engine, base):
     workflow["7"]["inputs"].update(steps=2)
     workflow["4"]["inputs"]["text"] = PROMPT_150
     workflow["9"]["inputs"]["filename_prefix"] = "longclip-sdxl"
-    model = engine("sdxl_conditioning", workflow=workflow)
-    assert model["model_config"] == "KOALA_700M" and model["model"] == "SDXL"
-    assert model["context"] == [1, 248, 2048]  # Long-CLIP-L's 248 positions; bigG's windows of 77 read to 248
-    assert model["adm"] == [1, 2816]  # what the UNet's label embedding reads: pooled 1280 + 6 size embeddings
-    result = engine("run", workflow=workflow)
+    result = engine("run", workflow=workflow, sampler_inputs=True)
     assert result["success"], result["errors"]
+    assert result["model_config"] == "KOALA_700M" and result["model"] == "SDXL"
+    assert result["context"] == [1, 248, 2048]  # 248 rows: Long-CLIP-L and bigG (in 77-token chunks) side by side
+    assert result["adm"] == [1, 2816]  # what the UNet's label embedding reads: pooled 1280 + 6 size embeddings
     assert "output/longclip-sdxl_00001_.png" in result["images"]
     from PIL import Image
 
