@@ -68,15 +68,39 @@ def validate(workflow: dict) -> dict:
     return {"valid": valid, "error": error, "outputs": outputs, "node_errors": node_errors}
 
 
-def run(workflow: dict) -> dict:
+def run(workflow: dict, sampler_inputs: bool = False) -> dict:
+    """Execute `workflow` in ComfyUI's PromptExecutor; `sampler_inputs`: also what its KSampler got (see
+    `_sampler_inputs`)."""
     executor = execution.PromptExecutor(_Server())
     executor.execute(workflow, str(uuid.uuid4()), {}, list(workflow))
     errors = [data for event, data in executor.status_messages if event == "execution_error"]
     images = sorted(str(path.relative_to(BASE)) for path in (BASE / "output").rglob("*.png"))
-    return {
+    result = {
         "success": executor.success,
         "errors": [str(error.get("exception_message")) for error in errors],
         "images": images,
+    }
+    if sampler_inputs and executor.success:
+        result |= _sampler_inputs(executor, workflow)
+    return result
+
+
+def _sampler_inputs(executor: execution.PromptExecutor, workflow: dict) -> dict:
+    """The model and positive conditioning the workflow's KSampler got (from the executor's output cache): the
+    model class ComfyUI's detection chose and the model's reading of the conditioning (context, pooled vector)."""
+    inputs = next(node["inputs"] for node in workflow.values() if node["class_type"] == "KSampler")
+
+    def output(link: list) -> object:
+        node_id, slot = link
+        return executor.caches.outputs.get(node_id)[slot][0]
+
+    model = output(inputs["model"])
+    ((context, extra),) = output(inputs["positive"])
+    return {
+        "model_config": type(model.model.model_config).__name__,
+        "model": type(model.model).__name__,
+        "context": list(context.shape),
+        "adm": list(model.model.encode_adm(**extra).shape),
     }
 
 

@@ -25,11 +25,13 @@ from transformers import T5Config, T5EncoderModel
 from longclip_diffusers.comfy_export import NODE_PACKAGE, WORKFLOW_FAMILIES, example_workflow, export_comfyui
 from longclip_diffusers.tiny_comfy import (
     SD15_CHECKPOINT,
+    SDXL_CHECKPOINT,
     TAESD_VAE,
     TINY_CLIP_G,
     TINY_CLIP_L,
     TINY_T5,
     write_random_long_clip_l,
+    write_random_wide_clip_g,
 )
 
 COMFYUI_DIR = Path(os.environ.get("COMFYUI_DIR", Path(__file__).resolve().parents[3] / "shared" / "ComfyUI"))
@@ -38,6 +40,7 @@ REPLY_TIMEOUT = 300  # seconds for one check; the whole module takes about two m
 LONG_CLIP_L = "LongCLIP-L-random.safetensors"  # CLIP-L's real shape, 248 positions, random weights
 T5_BASE = "t5-base-random.safetensors"  # T5-base's real shape (ComfyUI's t5base), random weights
 T5_BASE_FP8 = "t5-base-random-fp8_e4m3fn.safetensors"  # the same weights stored in float8_e4m3fn
+WIDE_CLIP_G = "clip-g-width-1280-random.safetensors"  # bigG's width, 2 layers: SDXL's 768 + 1280 context features
 BAKED = "sd15-with-long-clip.safetensors"
 PROMPT_150 = (
     "A highly detailed oil painting of an old stone lighthouse on a rugged cliff at dusk, waves crashing on the "
@@ -93,6 +96,7 @@ def base(tiny_components: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
             os.link(path, target)
     encoders = base / "models" / "text_encoders"
     write_random_long_clip_l(encoders / LONG_CLIP_L, torch.float16)  # both sides compute in fp32 from these values
+    write_random_wide_clip_g(encoders / WIDE_CLIP_G, dtype=torch.float16)
     _t5_base(encoders / T5_BASE)
     _bake(
         base / "models" / "checkpoints" / SD15_CHECKPOINT,
@@ -142,9 +146,9 @@ def engine(base: Path):
 
 
 TINY_MODELS = {
-    # validation checks that each name is listed in its model folder; only the SD 1.5 workflow runs
+    # validation checks that each name is listed in its model folder; the SD 1.5 and SDXL workflows run
     "sd15": SD15_CHECKPOINT,
-    "sdxl": SD15_CHECKPOINT,
+    "sdxl": SDXL_CHECKPOINT,
     "sd3": SD15_CHECKPOINT,
     "flux": SD15_CHECKPOINT,
     "vae": TAESD_VAE,
@@ -189,6 +193,32 @@ def test_an_sd15_workflow_runs_end_to_end_in_comfyuis_executor(engine, base):
     from PIL import Image
 
     assert Image.open(base / result["images"][0]).size == (64, 64)
+
+
+def test_an_sdxl_workflow_runs_end_to_end_in_comfyuis_executor(engine, base):
+    """The SDXL example workflow on `longclip tiny`'s SDXL-family checkpoint (which ComfyUI detects as KOALA-700M:
+    an SDXL model, SDXL's 2048 context features and 2816-wide pooled vector): our loader for clip_l (CLIP-L's real
+    width) and for clip_g, our SDXL encode node on a prompt past 77 tokens (positive and negative),
+    CheckpointLoaderSimple, KSampler, VAEDecode and SaveImage: a PNG.
+
+    The example takes clip_g from the checkpoint (LongCLIPStretch of Load Checkpoint's CLIP); ComfyUI core builds
+    that CLIP at bigG's full size (32 layers, 694 M parameters, 2.8 GB in fp32) whatever the file holds, so here
+    clip_g is a file of bigG's width with 2 layers, read by our loader."""
+    workflow = example_workflow(LONG_CLIP_L, "sdxl", TINY_MODELS)
+    workflow["3"] = {"class_type": "LongCLIPLoader", "inputs": {"text_encoder": WIDE_CLIP_G, "clip_type": "clip_g"}}
+    workflow["6"]["inputs"].update(width=64, height=64)
+    workflow["7"]["inputs"].update(steps=2)
+    workflow["4"]["inputs"]["text"] = PROMPT_150
+    workflow["9"]["inputs"]["filename_prefix"] = "longclip-sdxl"
+    result = engine("run", workflow=workflow, sampler_inputs=True)
+    assert result["success"], result["errors"]
+    assert result["model_config"] == "KOALA_700M" and result["model"] == "SDXL"
+    assert result["context"] == [1, 248, 2048]  # 248 rows: Long-CLIP-L and bigG (in 77-token chunks) side by side
+    assert result["adm"] == [1, 2816]  # what the UNet's label embedding reads: pooled 1280 + 6 size embeddings
+    assert "output/longclip-sdxl_00001_.png" in result["images"]
+    from PIL import Image
+
+    assert Image.open(base / "output/longclip-sdxl_00001_.png").size == (64, 64)
 
 
 @pytest.mark.parametrize("prompt", [SHORT, PROMPT_150], ids=["short", "150-tokens"])
