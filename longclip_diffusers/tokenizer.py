@@ -62,7 +62,7 @@ def _clean_inputs(value: Any) -> Any:
 def _byte_characters() -> list[str]:
     """The character byte-level BPE gives each of the 256 bytes: printable Latin-1 bytes stand for themselves,
     the others take the characters from U+0100 on, in byte order; listed printable bytes first."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]  # Latin-1 less blanks and controls
     others = [byte for byte in range(256) if byte not in printable]
     return [chr(byte) for byte in printable] + [chr(256 + n) for n in range(len(others))]
 

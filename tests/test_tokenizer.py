@@ -10,7 +10,7 @@ import pytest
 import torch
 import transformers
 from helpers.common import run_with_transformers4
-from open_clip.tokenizer import SimpleTokenizer, basic_clean, default_bpe, whitespace_clean
+from open_clip.tokenizer import SimpleTokenizer, basic_clean, bytes_to_unicode, default_bpe, whitespace_clean
 
 from longclip_diffusers import tokenizer as tokenizer_module
 from longclip_diffusers.tokenizer import DEFAULT_MAX_LENGTH, LongCLIPTokenizer, clean_text, write_clip_vocab
@@ -407,3 +407,16 @@ def test_bad_model_max_length(tmp_path, bad):
     ):
         with pytest.raises(ValueError, match="model_max_length must be an int >= 3"):
             build()
+
+
+def test_the_vocabulary_built_without_importing_open_clip_is_open_clips(open_clip_tok):
+    """`clip_vocab` reads open_clip's BPE file with its own byte map: the same tokens, ids and merges."""
+    vocab, merges = tokenizer_module.clip_vocab()
+    assert tokenizer_module._byte_characters() == list(bytes_to_unicode().values())
+    reference = {token: i for token, i in open_clip_tok.encoder.items() if not token.endswith("_of_text>")}
+    assert {token: i for token, i in vocab.items() if not token.endswith("text|>")} == reference
+    assert (vocab["<|startoftext|>"], vocab["<|endoftext|>"]) == (
+        open_clip_tok.encoder["<start_of_text>"],
+        open_clip_tok.encoder["<end_of_text>"],
+    )  # open_clip names CLIP's special tokens its own way
+    assert {tuple(merge.split()): rank for rank, merge in enumerate(merges)} == open_clip_tok.bpe_ranks
