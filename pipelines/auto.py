@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 from longclip_diffusers.families import family_running
 
+from .saving import name_saved_class
+
 with warnings.catch_warnings():
     # diffusers' AutoPipeline tables import every pipeline, Kolors' text encoder among them, which calls
     # `torch.jit.script` at import: torch 2.10+ warns about that on every `longclip` command. Not ours to fix.
@@ -53,12 +55,7 @@ def _reading_long_clip_folders(load_config: Callable) -> Callable:
 
     @functools.wraps(load_config)
     def read(cls, *args, **kwargs):
-        loaded = load_config(cls, *args, **kwargs)
-        config = loaded[0] if isinstance(loaded, tuple) else loaded
-        class_name = config.get("_class_name")
-        if isinstance(class_name, list) and class_name[-1] in _long_clip_names():
-            config["_class_name"] = class_name[-1]
-        return loaded
+        return name_saved_class(load_config(cls, *args, **kwargs), lambda name: name in _long_clip_names())
 
     read.reads_long_clip_folders = True
     return read

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,16 @@ class SavesItsCode:
 
     @classmethod
     def load_config(cls, *args: Any, **kwargs: Any) -> Any:
-        loaded = super().load_config(*args, **kwargs)
-        config = loaded[0] if isinstance(loaded, tuple) else loaded
-        class_name = config.get("_class_name")
-        if isinstance(class_name, list) and class_name[-1].startswith("LongCLIP"):
-            # a Long-CLIP class is at hand (this one; the family is checked apart): diffusers need not import the saved
-            # copy of the folder's, as a stock class loads the folder of another class of its family
-            config["_class_name"] = class_name[-1]
-        return loaded
+        # a Long-CLIP class is at hand (this one; the family is checked apart): diffusers need not import the saved
+        # copy of the folder's, as a stock class loads the folder of another class of its family
+        return name_saved_class(super().load_config(*args, **kwargs), lambda name: name.startswith("LongCLIP"))
+
+
+def name_saved_class(loaded: Any, is_at_hand: Callable[[str], bool]) -> Any:
+    """`load_config`'s result, with the `[module, class]` that `SavesItsCode` wrote as `_class_name` given as the
+    class's name alone when `is_at_hand(name)`: the class is installed, so no saved code need be imported."""
+    config = loaded[0] if isinstance(loaded, tuple) else loaded
+    class_name = config.get("_class_name")
+    if isinstance(class_name, list) and is_at_hand(class_name[-1]):
+        config["_class_name"] = class_name[-1]
+    return loaded
